@@ -1,0 +1,14 @@
+//! posthold: safe release, scheduling and inspection of Postfix's hold
+//! queue. The binary is a thin shell over this library so that tests can
+//! call every part directly.
+//!
+//! Modules: [`config`] (settings as `postconf` reports them), [`cat`]
+//! (`postcat`-identical output), [`list`] (`postqueue -j`-identical
+//! listing), [`cli`] (argument parsing and dispatch), [`error`].
+//! The queue file format itself lives in the `queue-format` crate.
+
+pub mod cat;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod list;

@@ -1,0 +1,546 @@
+//! `posthold list`: the messages in the queue, as `postqueue -j` lists them.
+//!
+//! The scan reproduces Postfix's showq: queues in the order maildrop,
+//! active, incoming, deferred, hold; entries in directory order, descending
+//! into one-character hash directories as they are met; only legal queue
+//! IDs, looked up at their computed (hashed) path, regular and ready
+//! (owner rwx). Each file is read through the logical reader; the content is
+//! skipped with one seek. Recipients come first from the defer log, with
+//! their reasons, then from the queue file, without those already listed.
+//!
+//! Output: with `--json`, one object per line with exactly postqueue's
+//! members and formatting; `--extra` appends posthold's own members after
+//! them. Without `--json`, a mailq-like listing. Files that are not ready
+//! are not listed; a summary on stderr counts them.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use queue_format::queue_file::{atol, split_nameval};
+use queue_format::reader::{Mode, Reader};
+use queue_format::rec_type as rt;
+
+use crate::config::{Config, SHOWQ_QUEUES};
+use crate::error::Fatal;
+
+/// One listed message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Queue name.
+    pub queue: String,
+    /// Queue ID.
+    pub id: String,
+    /// Arrival time in seconds (first `T`, else the file's mtime).
+    pub arrival_time: i64,
+    /// SIZE field 1, or the file size when the SIZE record is malformed.
+    pub message_size: i64,
+    /// Group-execute bit: marked for return to sender.
+    pub forced_expire: bool,
+    /// Sender, quoted and made printable as showq does.
+    pub sender: String,
+    /// Recipients with their defer reasons.
+    pub recipients: Vec<(String, String)>,
+    /// `create_time` attribute, if any (posthold's own member).
+    pub create_time: Option<i64>,
+}
+
+/// What the scan saw besides messages.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Messages listed.
+    pub listed: usize,
+    /// Regular files whose owner bits are not rwx: not committed yet.
+    pub not_ready: usize,
+    /// Entries that are not regular files (symlinks, directories, ...).
+    pub not_regular: usize,
+    /// Names that are not legal queue IDs.
+    pub illegal: usize,
+}
+
+/// Replaces what Postfix's `printable()` would: bytes that are neither
+/// printable ASCII nor (with UTF-8 enabled) a lead byte followed by
+/// continuation bytes become `?`.
+pub fn printable(s: &[u8], utf8: bool) -> Vec<u8> {
+    let mut out = s.to_vec();
+    let mut i = 0;
+    while i < out.len() {
+        let ch = out[i];
+        if ch.is_ascii() && (0x20..0x7f).contains(&ch) {
+        } else if utf8
+            && (194..=254).contains(&ch)
+            && out.get(i + 1).is_some_and(|c| (128..192).contains(c))
+        {
+            while out.get(i + 1).is_some_and(|c| (128..192).contains(c)) {
+                i += 1;
+            }
+        } else {
+            out[i] = b'?';
+        }
+        i += 1;
+    }
+    out
+}
+
+fn is_dot_string(local: &[u8]) -> bool {
+    if local.is_empty() || local[0] == b'.' || local[local.len() - 1] == b'.' {
+        return false;
+    }
+    for (i, &ch) in local.iter().enumerate() {
+        if ch == b'.' && local.get(i + 1) == Some(&b'.') {
+            return false;
+        }
+        if ch == b' ' || ch < 0x20 || ch == 0x7f || b"()<>@,;:\\\"[]".contains(&ch) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Quotes the local part of an address when it is not a dot-string, as
+/// Postfix's `quote_822_local()` does (8-bit clean).
+pub fn quote_822_local(addr: &[u8]) -> Vec<u8> {
+    let start = if addr.first() == Some(&b'@') {
+        addr.iter().position(|&b| b == b':').map_or(0, |c| c + 1)
+    } else {
+        0
+    };
+    let end = addr[start..]
+        .iter()
+        .rposition(|&b| b == b'@')
+        .map_or(addr.len(), |a| start + a);
+    let local = &addr[start..end];
+    if is_dot_string(local) {
+        return addr.to_vec();
+    }
+    let mut out = addr[..start].to_vec();
+    out.push(b'"');
+    for &ch in local {
+        if ch == b'"' || ch == b'\\' || ch == b'\r' {
+            out.push(b'\\');
+        }
+        out.push(ch);
+    }
+    out.push(b'"');
+    out.extend_from_slice(&addr[end..]);
+    out
+}
+
+fn cstr(p: &[u8]) -> &[u8] {
+    p.iter().position(|&b| b == 0).map_or(p, |n| &p[..n])
+}
+
+/// Quotes a string for JSON exactly as postqueue does, then applies
+/// `printable()`.
+pub fn json_quote(s: &[u8], utf8: bool) -> String {
+    let mut out = Vec::with_capacity(s.len() + 2);
+    for &ch in s {
+        match ch {
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            c if c < 0x20 || c == 0x7f => out.extend_from_slice(format!("\\u{c:04X}").as_bytes()),
+            b'\\' | b'"' => {
+                out.push(b'\\');
+                out.push(ch);
+            }
+            c => out.push(c),
+        }
+    }
+    // printable() leaves only ASCII and well-formed-looking UTF-8.
+    String::from_utf8_lossy(&printable(&out, utf8)).into_owned()
+}
+
+/// Reads a defer log as Postfix's `bounce_log_read()` does: entries of
+/// `name = value` lines separated by blank lines; an entry not closed by a
+/// blank line is not used.
+pub fn read_defer_log(path: &Path, utf8: bool) -> Option<Vec<(String, String)>> {
+    let f = File::open(path).ok()?;
+    let mut entries = Vec::new();
+    let mut found = false;
+    let (mut rcpt, mut why) = (String::new(), String::new());
+    for line in BufReader::new(f).split(b'\n') {
+        let line = line.ok()?;
+        if line.is_empty() {
+            if found {
+                entries.push((
+                    if rcpt.is_empty() {
+                        "(recipient address unavailable)".into()
+                    } else {
+                        rcpt.clone()
+                    },
+                    if why.is_empty() {
+                        "(description unavailable)".into()
+                    } else {
+                        why.clone()
+                    },
+                ));
+                rcpt.clear();
+                why.clear();
+            }
+            found = false;
+            continue;
+        }
+        let line = printable(cstr(&line), utf8);
+        found = true;
+        if line[0].is_ascii_alphanumeric() {
+            if let Some((name, value)) = split_nameval(&line) {
+                let value = String::from_utf8_lossy(value).into_owned();
+                match name {
+                    b"recipient" => {
+                        rcpt = if value.is_empty() {
+                            "(MAILER-DAEMON)".into()
+                        } else {
+                            value
+                        }
+                    }
+                    b"reason" => why = value,
+                    _ => {}
+                }
+            }
+        } else if line[0] == b'<' {
+            // Pre-2.3 format: <address>: reason
+            if let Some(p) = line.windows(3).position(|w| w == b">: ") {
+                let a = &line[1..p];
+                rcpt = if a.is_empty() {
+                    "(MAILER-DAEMON)".into()
+                } else {
+                    String::from_utf8_lossy(a).into_owned()
+                };
+                let text = &line[p + 2..];
+                let skip = text.iter().take_while(|b| b.is_ascii_whitespace()).count();
+                why = String::from_utf8_lossy(&text[skip..]).into_owned();
+            }
+        }
+    }
+    Some(entries)
+}
+
+/// Reads one queue file as showq reports it. `None` when no sender record
+/// was reached (showq lists nothing for such a file).
+pub fn report(
+    cfg: &Config,
+    queue: &str,
+    id: &str,
+    file: File,
+    meta: &fs::Metadata,
+) -> Option<Message> {
+    let utf8 = cfg.smtputf8_enable;
+    let mut rd = Reader::with_len(BufReader::new(file), meta.len(), Mode::LOGICAL);
+    let mut buf = Vec::new();
+    let mut msg: Option<Message> = None;
+    let mut arrival: i64 = 0;
+    let mut size = meta.len() as i64;
+    let mut size_ok = false;
+    let mut size_seen = false;
+    let mut create_time = None;
+    let mut dup: Option<HashSet<String>> = None;
+    loop {
+        let rec = match rd.next(&mut buf) {
+            Ok(Some(r)) => r,
+            Ok(None) => break,
+            Err(e) => {
+                eprintln!("posthold: warning: {queue}/{id}: {e}");
+                break;
+            }
+        };
+        let payload = cstr(&buf);
+        match rec.rtype {
+            rt::TIME if arrival == 0 => arrival = atol(payload),
+            rt::SIZE if !size_seen => {
+                size_seen = true;
+                size_ok =
+                    payload.iter().all(|b| b.is_ascii_digit() || *b == b' ') && atol(payload) >= 0;
+                if size_ok {
+                    size = atol(payload);
+                } else {
+                    eprintln!(
+                        "posthold: warning: {id}: malformed size record: {} -- using file size instead",
+                        String::from_utf8_lossy(&printable(payload, utf8))
+                    );
+                }
+            }
+            rt::ATTR => {
+                if let Some((b"create_time", v)) = split_nameval(payload) {
+                    create_time = Some(atol(v));
+                }
+            }
+            rt::CTIME => create_time = Some(atol(payload)),
+            rt::FROM => {
+                let addr = if payload.is_empty() {
+                    cfg.empty_address_recipient.as_bytes()
+                } else {
+                    payload
+                };
+                let sender =
+                    String::from_utf8_lossy(&printable(&quote_822_local(addr), utf8)).into_owned();
+                if msg.is_some() {
+                    eprintln!(
+                        "posthold: warning: {id}: duplicate sender address: {sender} -- skipping remainder of this file"
+                    );
+                    break;
+                }
+                let mut m = Message {
+                    queue: queue.to_string(),
+                    id: id.to_string(),
+                    arrival_time: if arrival > 0 { arrival } else { meta.mtime() },
+                    message_size: size,
+                    forced_expire: meta.mode() & 0o010 != 0,
+                    sender,
+                    recipients: Vec::new(),
+                    create_time,
+                };
+                let log = cfg.queue_directory.join(cfg.queue_path("defer", id));
+                if let Some(entries) = read_defer_log(&log, utf8) {
+                    let mut seen = HashSet::new();
+                    for (a, _) in &entries {
+                        if cfg.duplicate_filter_limit == 0
+                            || seen.len() < cfg.duplicate_filter_limit
+                        {
+                            seen.insert(a.clone());
+                        }
+                    }
+                    m.recipients.extend(entries);
+                    dup = Some(seen);
+                }
+                msg = Some(m);
+            }
+            rt::RCPT => {
+                let Some(m) = msg.as_mut() else {
+                    eprintln!(
+                        "posthold: warning: {id}: missing sender address -- skipping remainder of this file"
+                    );
+                    break;
+                };
+                let addr = if payload.is_empty() {
+                    cfg.empty_address_recipient.as_bytes()
+                } else {
+                    payload
+                };
+                let a =
+                    String::from_utf8_lossy(&printable(&quote_822_local(addr), utf8)).into_owned();
+                if !dup.as_ref().is_some_and(|d| d.contains(&a)) {
+                    m.recipients.push((a, String::new()));
+                }
+            }
+            rt::MESG if size_ok => {
+                let target = rd.position().saturating_add(size.max(0) as u64);
+                if rd.seek(target).is_err() {
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(m) = msg.as_mut()
+        && m.create_time.is_none()
+    {
+        m.create_time = create_time;
+    }
+    msg
+}
+
+/// Scans the named queues (all message queues when empty) in showq's order
+/// and calls `each` for every message.
+pub fn scan(
+    cfg: &Config,
+    queues: &[String],
+    mut each: impl FnMut(Message) -> Result<(), Fatal>,
+) -> Result<Summary, Fatal> {
+    for q in queues {
+        if !SHOWQ_QUEUES.contains(&q.as_str()) {
+            return Err(Fatal::config(format!(
+                "{q}: not a message queue (use {})",
+                SHOWQ_QUEUES.join(", ")
+            )));
+        }
+    }
+    let mut summary = Summary::default();
+    for &queue in SHOWQ_QUEUES {
+        if !queues.is_empty() && !queues.iter().any(|q| q == queue) {
+            continue;
+        }
+        let top = cfg.queue_directory.join(queue);
+        let mut stack = match fs::read_dir(&top) {
+            Ok(d) => vec![d],
+            Err(e) => {
+                eprintln!("posthold: warning: {}: {e}", top.display());
+                continue;
+            }
+        };
+        while let Some(dir) = stack.last_mut() {
+            let Some(entry) = dir.next() else {
+                stack.pop();
+                continue;
+            };
+            let Ok(entry) = entry else { continue };
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                summary.illegal += 1;
+                continue;
+            };
+            if name.len() == 1 && queue != "maildrop" {
+                if let Ok(d) = fs::read_dir(entry.path()) {
+                    stack.push(d);
+                }
+                continue;
+            }
+            if !queue_format::queue_id::is_legal(name) {
+                summary.illegal += 1;
+                continue;
+            }
+            let path = cfg.queue_directory.join(cfg.queue_path(queue, name));
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if !meta.file_type().is_file() {
+                eprintln!(
+                    "posthold: warning: {queue}/{name}: uid {}: not a regular file",
+                    meta.uid()
+                );
+                summary.not_regular += 1;
+                continue;
+            }
+            if meta.permissions().mode() & 0o700 != 0o700 {
+                summary.not_ready += 1;
+                continue;
+            }
+            let Ok(file) = File::open(&path) else {
+                continue;
+            };
+            if let Some(m) = report(cfg, queue, name, file, &meta) {
+                summary.listed += 1;
+                each(m)?;
+            }
+        }
+    }
+    Ok(summary)
+}
+
+/// One line of `postqueue -j` output (without the newline). With `extra`,
+/// posthold's own members follow postqueue's.
+pub fn to_json(m: &Message, utf8: bool, extra: bool) -> String {
+    let mut s = format!(
+        "{{\"queue_name\": \"{}\", \"queue_id\": \"{}\", \"arrival_time\": {}, \"message_size\": {}, \"forced_expire\": {}, \"sender\": \"{}\", \"recipients\": [",
+        json_quote(m.queue.as_bytes(), utf8),
+        json_quote(m.id.as_bytes(), utf8),
+        m.arrival_time,
+        m.message_size,
+        m.forced_expire,
+        json_quote(m.sender.as_bytes(), utf8),
+    );
+    for (i, (addr, why)) in m.recipients.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push_str(&format!(
+            "{{\"address\": \"{}\"",
+            json_quote(addr.as_bytes(), utf8)
+        ));
+        if !why.is_empty() {
+            s.push_str(&format!(
+                ", \"delay_reason\": \"{}\"",
+                json_quote(why.as_bytes(), utf8)
+            ));
+        }
+        s.push('}');
+    }
+    s.push(']');
+    if extra {
+        match m.create_time {
+            Some(t) => s.push_str(&format!(", \"create_time\": {t}")),
+            None => s.push_str(", \"create_time\": null"),
+        }
+    }
+    s.push('}');
+    s
+}
+
+/// A mailq-like line block for one message.
+pub fn to_text(m: &Message) -> String {
+    let mark = match m.queue.as_str() {
+        "active" => "*",
+        "hold" => "!",
+        _ => "",
+    };
+    let when = chrono::DateTime::from_timestamp(m.arrival_time, 0)
+        .map(|t| {
+            t.with_timezone(&chrono::Local)
+                .format("%a %b %e %H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_default();
+    let mut s = format!(
+        "{:<12} {:>8} {when}  {}\n",
+        format!("{}{mark}{}", m.id, if m.forced_expire { "#" } else { "" }),
+        m.message_size,
+        m.sender
+    );
+    for (addr, why) in &m.recipients {
+        if !why.is_empty() {
+            s.push_str(&format!("({why})\n"));
+        }
+        s.push_str(&format!("{:>41}{addr}\n", ""));
+    }
+    s
+}
+
+/// Runs `posthold list`.
+pub fn run(
+    cfg: &Config,
+    queues: &[String],
+    json: bool,
+    extra: bool,
+    out: &mut dyn Write,
+) -> Result<Summary, Fatal> {
+    let utf8 = cfg.smtputf8_enable;
+    let write_err = |e: std::io::Error| Fatal::runtime(format!("write error: {e}"));
+    let summary = scan(cfg, queues, |m| {
+        if json {
+            writeln!(out, "{}", to_json(&m, utf8, extra)).map_err(write_err)
+        } else {
+            write!(out, "{}", to_text(&m)).map_err(write_err)
+        }
+    })?;
+    out.flush().map_err(write_err)?;
+    if summary.not_ready + summary.not_regular + summary.illegal > 0 {
+        eprintln!(
+            "posthold: {} listed, {} not ready (uncommitted or still being written), {} not regular files, {} illegal names",
+            summary.listed, summary.not_ready, summary.not_regular, summary.illegal
+        );
+    }
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_like_postfix() {
+        assert_eq!(quote_822_local(b"a.b@x"), b"a.b@x");
+        assert_eq!(quote_822_local(b"a b@x"), b"\"a b\"@x");
+        assert_eq!(quote_822_local(b"a..b@x"), b"\"a..b\"@x");
+        assert_eq!(quote_822_local(b"a\"b@x"), b"\"a\\\"b\"@x");
+        assert_eq!(quote_822_local(b"@r:a b@x"), b"@r:\"a b\"@x");
+        assert_eq!(quote_822_local(b"@x"), b"\"\"@x");
+        assert_eq!(quote_822_local("ü@x".as_bytes()), "ü@x".as_bytes());
+        assert_eq!(quote_822_local(b"MAILER-DAEMON"), b"MAILER-DAEMON");
+    }
+
+    #[test]
+    fn printable_and_json() {
+        assert_eq!(printable(b"a\x01b", true), b"a?b");
+        assert_eq!(printable("é".as_bytes(), true), "é".as_bytes());
+        assert_eq!(printable("é".as_bytes(), false), b"??");
+        assert_eq!(printable(b"\xe9x", true), b"?x");
+        assert_eq!(
+            json_quote(b"a\"\\\n\x01\x7f", true),
+            "a\\\"\\\\\\n\\u0001\\u007F"
+        );
+    }
+}
