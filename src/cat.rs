@@ -116,9 +116,28 @@ impl<'a> Sink<'a> {
     }
 }
 
-fn w(out: &mut dyn Write, bytes: &[u8]) -> Result<(), Fatal> {
-    out.write_all(bytes)
-        .map_err(|e| Fatal::runtime(format!("write error: {e}")))
+/// Output with postcat's flush points. postcat flushes after every record
+/// and marker it prints, but not after the opening ENVELOPE marker; a fatal
+/// error exits without flushing, so that marker alone is lost when the first
+/// record is already unreadable. `pending` holds it until the next output.
+struct Out<'a> {
+    inner: &'a mut dyn Write,
+    pending: Vec<u8>,
+}
+
+impl Out<'_> {
+    fn put(&mut self, bytes: &[u8]) -> Result<(), Fatal> {
+        let err = |e: std::io::Error| Fatal::runtime(format!("write error: {e}"));
+        if !self.pending.is_empty() {
+            self.inner.write_all(&self.pending).map_err(err)?;
+            self.pending.clear();
+        }
+        self.inner.write_all(bytes).map_err(err)
+    }
+}
+
+fn w(out: &mut Out<'_>, bytes: &[u8]) -> Result<(), Fatal> {
+    out.put(bytes)
 }
 
 /// Prints one queue file. `path` is the name printed in markers.
@@ -137,7 +156,11 @@ pub fn postcat<R: Read + Seek>(
     };
     let fatal = |e: queue_format::Error| Fatal::runtime(format!("{path}: {e}"));
     let mut rd = Reader::with_mode(input, mode).map_err(fatal)?;
-    let out = &mut *sink.out;
+    let mut out_buf = Out {
+        inner: &mut *sink.out,
+        pending: Vec::new(),
+    };
+    let out = &mut out_buf;
     if opts.start_offset > 0 {
         if opts.start_offset > rd.len() {
             return Err(Fatal::runtime(format!(
@@ -154,7 +177,7 @@ pub fn postcat<R: Read + Seek>(
         return Ok(());
     }
     if opts.start_offset == 0 && opts.envelope {
-        w(out, format!("*** ENVELOPE RECORDS {path} ***\n").as_bytes())?;
+        out.pending = format!("*** ENVELOPE RECORDS {path} ***\n").into_bytes();
     }
     let mut state = State::Env;
     let mut do_print = opts.envelope;
@@ -162,7 +185,7 @@ pub fn postcat<R: Read + Seek>(
     let (mut data_offset, mut data_size): (i64, i64) = (-1, -1);
     let mut buf = Vec::new();
 
-    let prefix = |out: &mut dyn Write, offset: u64, t: u8| -> Result<(), Fatal> {
+    let prefix = |out: &mut Out<'_>, offset: u64, t: u8| -> Result<(), Fatal> {
         if opts.offsets {
             w(out, format!("{offset:>9} ").as_bytes())?;
         }
@@ -171,7 +194,7 @@ pub fn postcat<R: Read + Seek>(
         }
         Ok(())
     };
-    let marker = |out: &mut dyn Write, offset: u64, t: u8, text: &str| -> Result<(), Fatal> {
+    let marker = |out: &mut Out<'_>, offset: u64, t: u8, text: &str| -> Result<(), Fatal> {
         prefix(out, offset, t)?;
         w(out, format!("*** {text} {path} ***\n").as_bytes())
     };
@@ -376,7 +399,7 @@ pub fn postcat<R: Read + Seek>(
         }
         prev_type = t;
     }
-    Ok(())
+    out.put(b"")
 }
 
 /// Runs `posthold cat` over files (or queue IDs with `search_queue`),
@@ -398,11 +421,13 @@ pub fn run(
         return postcat(Cursor::new(data), "stdin", opts, &mut sink);
     }
     if search_queue {
+        // Names become paths: refuse anything that is not a legal queue ID
+        // before touching the configuration or the file system.
+        if let Some(bad) = args.iter().find(|id| !queue_format::queue_id::is_legal(id)) {
+            return Err(Fatal::runtime(format!("bad mail queue ID: {bad}")));
+        }
         let cfg = config()?;
         for id in args {
-            if !queue_format::queue_id::is_legal(id) {
-                return Err(Fatal::runtime(format!("bad mail queue ID: {id}")));
-            }
             let found = POSTCAT_QUEUES.iter().find_map(|q| {
                 let rel = cfg.queue_path(q, id);
                 File::open(cfg.queue_directory.join(&rel))

@@ -1,0 +1,247 @@
+//! Test utilities: running the real posthold binary, the fixture table, and
+//! the private Postfix harness.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A command running the posthold binary built for these tests.
+pub fn posthold() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_posthold"));
+    c.env("TZ", "UTC");
+    c
+}
+
+/// Runs a command with no stdin and returns its output.
+pub fn run(mut c: impl std::borrow::BorrowMut<Command>) -> Output {
+    c.borrow_mut().stdin(Stdio::null()).output().expect("spawn")
+}
+
+/// Whether Postfix's tools are installed (they are in CI: .ci/run installs them).
+pub fn have_postfix() -> bool {
+    Path::new("/usr/sbin/postcat").exists() && Path::new("/usr/sbin/postconf").exists()
+}
+
+/// Whether we are root (the harness and postsuper need it).
+pub fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+/// A readable diff hint for byte outputs.
+pub fn first_difference(a: &[u8], b: &[u8]) -> String {
+    let n = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let line_start = a[..n]
+        .iter()
+        .rposition(|&c| c == b'\n')
+        .map_or(0, |p| p + 1);
+    let show = |s: &[u8]| {
+        let end = (n + 80).min(s.len());
+        String::from_utf8_lossy(&s[line_start.min(s.len())..end]).into_owned()
+    };
+    format!(
+        "first difference at byte {n} (lengths {} vs {}):\n  posthold: {:?}\n  postfix:  {:?}",
+        a.len(),
+        b.len(),
+        show(a),
+        show(b)
+    )
+}
+
+/// One captured fixture message.
+#[derive(Debug, Clone)]
+pub struct Fixture {
+    pub shape: String,
+    pub dir: PathBuf,
+    pub id: String,
+    pub meta: HashMap<String, String>,
+}
+
+impl Fixture {
+    pub fn file(&self) -> PathBuf {
+        self.dir.join(&self.id)
+    }
+    pub fn reference(&self, suffix: &str) -> Vec<u8> {
+        let p = self.dir.join(format!("{}{suffix}", self.id));
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+    pub fn mode(&self) -> u32 {
+        u32::from_str_radix(&self.meta["mode"], 8).expect("mode in .meta")
+    }
+}
+
+/// All fixtures, in a stable order.
+pub fn fixtures() -> Vec<Fixture> {
+    let mut out = Vec::new();
+    let mut shapes: Vec<_> = std::fs::read_dir(root().join("fixtures"))
+        .expect("fixtures/")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .collect();
+    shapes.sort_by_key(|e| e.file_name());
+    for shape in shapes {
+        let mut metas: Vec<_> = std::fs::read_dir(shape.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "meta"))
+            .collect();
+        metas.sort_by_key(|e| e.file_name());
+        for m in metas {
+            let text = std::fs::read_to_string(m.path()).unwrap();
+            let meta = text
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            out.push(Fixture {
+                shape: shape.file_name().to_string_lossy().into_owned(),
+                dir: shape.path(),
+                id: m.path().file_stem().unwrap().to_string_lossy().into_owned(),
+                meta,
+            });
+        }
+    }
+    assert!(
+        out.len() >= 40,
+        "expected at least 40 fixture messages, found {}",
+        out.len()
+    );
+    out
+}
+
+/// A temporary Postfix configuration directory with an empty main.cf
+/// (Postfix defaults), for tools that need one but no running instance.
+pub fn empty_config() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("main.cf"), "compatibility_level = 3.6\n").unwrap();
+    d
+}
+
+/// A private Postfix instance run by `scripts/pf-instance`, stopped on drop.
+pub struct Instance {
+    pub dir: tempfile::TempDir,
+}
+
+fn pf(args: &[&str]) -> Output {
+    let out = Command::new(root().join("scripts/pf-instance"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/pf-instance");
+    assert!(
+        out.status.success(),
+        "pf-instance {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+impl Instance {
+    /// Creates and starts an instance.
+    pub fn start(long_ids: bool) -> Instance {
+        let dir = tempfile::Builder::new()
+            .prefix("posthold-pf-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path().to_str().unwrap().to_string();
+        let mut args = vec!["create", d.as_str()];
+        if long_ids {
+            args.push("--long-ids");
+        }
+        pf(&args);
+        pf(&["start", &d]);
+        Instance { dir }
+    }
+
+    pub fn etc(&self) -> PathBuf {
+        self.dir.path().join("etc")
+    }
+
+    pub fn queue(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    /// Injects a message with sendmail; `message` is the raw message text.
+    pub fn send(&self, from: &str, to: &[&str], message: &[u8]) {
+        use std::io::Write;
+        let mut c = Command::new("/usr/sbin/sendmail");
+        c.arg("-C")
+            .arg(self.etc())
+            .arg("-f")
+            .arg(from)
+            .arg("-i")
+            .args(to);
+        let mut child = c.stdin(Stdio::piped()).spawn().expect("sendmail");
+        child.stdin.take().unwrap().write_all(message).unwrap();
+        let st = child.wait().unwrap();
+        assert!(st.success(), "sendmail failed");
+    }
+
+    /// Ready files in hold/.
+    pub fn held(&self) -> Vec<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut v: Vec<String> = std::fs::read_dir(self.queue().join("hold"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.metadata()
+                    .map(|m| m.is_file() && m.permissions().mode() & 0o700 == 0o700)
+                    .unwrap_or(false)
+            })
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Waits until `n` ready files are in hold/.
+    pub fn wait_held(&self, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let h = self.held();
+            if h.len() >= n {
+                return h;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} messages held",
+                h.len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A Postfix tool with `-c` for this instance.
+    pub fn tool(&self, name: &str) -> Command {
+        let mut c = Command::new(format!("/usr/sbin/{name}"));
+        c.env("TZ", "UTC").arg("-c").arg(self.etc());
+        c
+    }
+
+    /// posthold with `-c` for this instance.
+    pub fn posthold(&self, sub: &str) -> Command {
+        let mut c = posthold();
+        c.arg(sub).arg("-c").arg(self.etc());
+        c
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = Command::new(root().join("scripts/pf-instance"))
+            .arg("stop")
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .output();
+    }
+}

@@ -1,0 +1,15 @@
+//! posthold's integration tests: one binary, a table of contents.
+//!
+//! * `fixtures`: posthold against the reference outputs captured from a real
+//!   Postfix 3.7 (`fixtures/`), and against live `postcat` on the same files
+//!   with many option combinations;
+//! * `postfix`: a private Postfix instance started by the harness
+//!   (`common::Instance`); held mail listed and shown by posthold and by
+//!   Postfix's own tools in the same run;
+//! * `bad_input`: corrupt and hostile input: clear errors, no panic.
+
+mod common;
+
+mod bad_input;
+mod fixtures;
+mod postfix;
