@@ -92,7 +92,7 @@ fn is_dot_string(local: &[u8]) -> bool {
         if ch == b'.' && local.get(i + 1) == Some(&b'.') {
             return false;
         }
-        if ch == b' ' || ch < 0x20 || ch == 0x7f || b"()<>@,;:\\\"[]".contains(&ch) {
+        if ch <= b' ' || ch == 0x7f || b"()<>@,;:\\\"[]".contains(&ch) {
             return false;
         }
     }

@@ -16,8 +16,10 @@ fn no_panic(out: &std::process::Output) {
     assert!(out.status.code().is_some(), "killed by a signal");
 }
 
-/// Every truncation of two real files (one Milter-edited): the same stdout
-/// and the same success or failure as live postcat, for several options.
+/// Truncations of two real files (one Milter-edited) at 40 points each:
+/// the same stdout and the same success or failure as live postcat, for
+/// several options. postcat sleeps a second before a fatal exit, so its
+/// runs go in parallel batches.
 #[test]
 fn truncated_files_match_postcat_and_fail_cleanly() {
     if !have_postfix() {
@@ -29,54 +31,76 @@ fn truncated_files_match_postcat_and_fail_cleanly() {
         .filter(|f| f.shape == "plain" || f.shape == "milter-edited")
         .collect();
     assert_eq!(fx.len(), 4);
-    let mut checked = 0;
-    for f in fx {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cases = Vec::new();
+    for f in &fx {
         let bytes = std::fs::read(f.file()).unwrap();
         let step = (bytes.len() / 40).max(1);
         for cut in (1..bytes.len()).step_by(step) {
-            let (_d, p) = write_temp(&bytes[..cut]);
+            let p = dir.path().join(format!("{}.{cut}", f.id));
+            std::fs::write(&p, &bytes[..cut]).unwrap();
             for args in [&[][..], &["-v", "-o"][..], &["-h"][..]] {
-                let mut c = posthold();
-                c.arg("cat").args(args).arg(&p);
-                let got = run(c);
-                no_panic(&got);
-                let mut pc = std::process::Command::new("timeout");
-                pc.env("TZ", "UTC")
-                    .arg("1")
-                    .arg("/usr/sbin/postcat")
-                    .arg("-c")
-                    .arg(cfg.path())
-                    .args(args)
-                    .arg(&p);
-                let want = run(pc);
-                if want.status.code() == Some(124) {
-                    continue; // postcat 3.7 did not terminate; posthold must (it did, above)
-                }
-                assert_eq!(
-                    got.status.success(),
-                    want.status.success(),
-                    "{} cut {cut} {args:?}",
-                    f.id
-                );
-                assert_eq!(
-                    got.stdout,
-                    want.stdout,
-                    "{} cut {cut} {args:?}: {}",
-                    f.id,
-                    first_difference(&got.stdout, &want.stdout)
-                );
-                if !got.status.success() {
-                    let err = String::from_utf8_lossy(&got.stderr);
-                    assert!(
-                        err.contains(p.to_str().unwrap()),
-                        "error names the file: {err}"
-                    );
-                }
-                checked += 1;
+                cases.push((p.clone(), args));
             }
         }
     }
-    assert!(checked > 100);
+    let cfg_path = cfg.path();
+    let mut checked = 0;
+    let mut fatal = 0;
+    for batch in cases.chunks(64) {
+        let wants: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = batch
+                .iter()
+                .map(|(p, args)| {
+                    s.spawn(move || {
+                        let mut pc = std::process::Command::new("timeout");
+                        pc.env("TZ", "UTC")
+                            .arg("10")
+                            .arg("/usr/sbin/postcat")
+                            .arg("-c")
+                            .arg(cfg_path);
+                        pc.args(*args).arg(p);
+                        run(pc)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for ((p, args), want) in batch.iter().zip(wants) {
+            let mut c = posthold();
+            c.arg("cat").args(*args).arg(p);
+            let got = run(c);
+            no_panic(&got);
+            if want.status.code() == Some(124) {
+                continue; // postcat 3.7 did not terminate; posthold did (above)
+            }
+            let name = p.file_name().unwrap().to_string_lossy();
+            assert_eq!(
+                got.status.success(),
+                want.status.success(),
+                "{name} {args:?}"
+            );
+            assert_eq!(
+                got.stdout,
+                want.stdout,
+                "{name} {args:?}: {}",
+                first_difference(&got.stdout, &want.stdout)
+            );
+            if !got.status.success() {
+                fatal += 1;
+                let err = String::from_utf8_lossy(&got.stderr);
+                assert!(
+                    err.contains(p.to_str().unwrap()),
+                    "error names the file: {err}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        checked > 300 && fatal > 100,
+        "checked {checked}, fatal {fatal}"
+    );
 }
 
 #[test]

@@ -297,11 +297,7 @@ pub fn read_envelope<R: Read + Seek>(reader: &mut Reader<R>) -> Result<Envelope>
                 env.size_seen = true;
                 env.size = SizeRecord::parse(&buf);
             }
-            rt::TIME => {
-                if env.arrival.is_none() {
-                    env.arrival = Some(parse_time(&buf));
-                }
-            }
+            rt::TIME if env.arrival.is_none() => env.arrival = Some(parse_time(&buf)),
             rt::WARN => env.warn_time = Some(atol(&buf)),
             rt::FULL => env.fullname = Some(buf.clone()),
             rt::FILT => env.content_filter = Some(buf.clone()),

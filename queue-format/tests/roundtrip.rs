@@ -69,12 +69,11 @@ proptest! {
     #[test]
     fn reader_never_panics_on_garbage(bytes in prop::collection::vec(any::<u8>(), 0..2000)) {
         let mut reader = match Reader::new(Cursor::new(&bytes)) { Ok(r) => r, Err(_) => return Ok(()) };
-        if let Ok(env) = read_envelope(&mut reader) {
-            if let Some(m) = env.content_offset {
-                if let Ok(mut lines) = Lines::new(&mut reader, m) {
-                    while let Ok(Some(_)) = lines.next_line() {}
-                }
-            }
+        if let Ok(env) = read_envelope(&mut reader)
+            && let Some(m) = env.content_offset
+            && let Ok(mut lines) = Lines::new(&mut reader, m)
+        {
+            while let Ok(Some(_)) = lines.next_line() {}
         }
     }
 
