@@ -9,7 +9,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
 use crate::error::{EXIT_CONFIG, Fatal};
-use crate::{cat, list};
+use crate::spool::Spool;
+use crate::{cat, check, commands, list};
 
 /// Options every subcommand takes.
 #[derive(Debug, Args, Clone)]
@@ -42,6 +43,109 @@ enum Command {
     Cat(CatArgs),
     /// List queued messages, as postqueue -j (with --json) or mailq.
     List(ListArgs),
+    /// Release held mail: young mail to incoming (delivery now), old mail
+    /// through maildrop (fresh create_time), or --to a queue.
+    Release(ReleaseArgs),
+    /// Put mail from incoming or deferred on hold.
+    Hold(MoveArgs),
+    /// Requeue into maildrop (as postsuper -r): pickup and cleanup run again.
+    Requeue(MoveArgs),
+    /// Mark for return to sender (as postsuper -e); --release also releases (-f).
+    Expire(ExpireArgs),
+    /// Delete messages with their defer, bounce and trace logs.
+    Delete(DeleteArgs),
+    /// Move messages into posthold's quarantine directory.
+    Quarantine(MoveArgs),
+    /// Move quarantined messages back into hold.
+    Restore(MoveArgs),
+    /// Audit the queue; --repair fixes what postsuper -s would.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+struct MoveArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Check and report what would be done; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// One JSON object per message.
+    #[arg(long)]
+    json: bool,
+    /// Queue IDs, - to read IDs from stdin, or ALL.
+    #[arg(required = true)]
+    ids: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct ReleaseArgs {
+    #[command(flatten)]
+    moves: MoveArgs,
+    /// Destination: incoming (deliver now), deferred (as postsuper -H) or
+    /// maildrop (requeue). Default: incoming, or maildrop for old mail.
+    #[arg(long, value_parser = ["incoming", "deferred", "maildrop"])]
+    to: Option<String>,
+    /// Requeue through maildrop mail older than this (Postfix time units,
+    /// e.g. 2d). Default: half of maximal_queue_lifetime
+    /// (bounce_queue_lifetime for the null sender).
+    #[arg(long, value_name = "AGE")]
+    old_after: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct ExpireArgs {
+    #[command(flatten)]
+    moves: MoveArgs,
+    /// Also release from hold (as postsuper -f).
+    #[arg(long)]
+    release: bool,
+}
+
+#[derive(Debug, Args)]
+struct DeleteArgs {
+    #[command(flatten)]
+    moves: MoveArgs,
+    /// Required with ALL.
+    #[arg(long)]
+    yes: bool,
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Fix wrong hash directories and name/inode mismatches (through the mover).
+    #[arg(long)]
+    repair: bool,
+    /// Report uncommitted files and temporary names older than this.
+    #[arg(long, value_name = "AGE", default_value = "1h")]
+    not_ready_after: String,
+    /// One JSON object per finding.
+    #[arg(long)]
+    json: bool,
+}
+
+fn duration(v: &str, what: &str) -> Result<u64, Fatal> {
+    crate::config::parse_time(v, 's').ok_or_else(|| {
+        Fatal::config(format!(
+            "{what}: bad time value {v:?} (use e.g. 300s, 12h, 2d)"
+        ))
+    })
+}
+
+fn run_moves(
+    m: &MoveArgs,
+    action: commands::Action,
+    yes: bool,
+    out: &mut dyn Write,
+) -> Result<i32, Fatal> {
+    let spool = Spool::open(m.common.load()?)?;
+    let opts = commands::RunOpts {
+        dry_run: m.dry_run,
+        json: m.json,
+        yes,
+    };
+    commands::run(&spool, &action, &m.ids, opts, out)
 }
 
 #[derive(Debug, Args)]
@@ -108,7 +212,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
-    let result = match cli.command {
+    let result: Result<i32, Fatal> = match cli.command {
         Command::Cat(a) => {
             let opts = cat::Options {
                 body: a.body,
@@ -121,17 +225,51 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32
                 start_offset: a.start,
             };
             let common = a.common.clone();
-            cat::run(&a.files, a.queue, opts, || common.load(), &mut out)
+            cat::run(&a.files, a.queue, opts, || common.load(), &mut out).map(|()| 0)
         }
         Command::List(a) => a
             .common
             .load()
-            .and_then(|cfg| list::run(&cfg, &a.queues, a.json, a.extra, &mut out).map(|_| ())),
+            .and_then(|cfg| list::run(&cfg, &a.queues, a.json, a.extra, &mut out).map(|_| 0)),
+        Command::Release(a) => (|| {
+            let to = a.to.as_deref().map(|t| match t {
+                "incoming" => commands::ReleaseTo::Incoming,
+                "deferred" => commands::ReleaseTo::Deferred,
+                _ => commands::ReleaseTo::Maildrop,
+            });
+            let old_after = a
+                .old_after
+                .as_deref()
+                .map(|v| duration(v, "--old-after"))
+                .transpose()?;
+            run_moves(
+                &a.moves,
+                commands::Action::Release { to, old_after },
+                false,
+                &mut out,
+            )
+        })(),
+        Command::Hold(a) => run_moves(&a, commands::Action::Hold, false, &mut out),
+        Command::Requeue(a) => run_moves(&a, commands::Action::Requeue, false, &mut out),
+        Command::Expire(a) => run_moves(
+            &a.moves,
+            commands::Action::Expire { release: a.release },
+            false,
+            &mut out,
+        ),
+        Command::Delete(a) => run_moves(&a.moves, commands::Action::Delete, a.yes, &mut out),
+        Command::Quarantine(a) => run_moves(&a, commands::Action::Quarantine, false, &mut out),
+        Command::Restore(a) => run_moves(&a, commands::Action::Restore, false, &mut out),
+        Command::Check(a) => (|| {
+            let after = duration(&a.not_ready_after, "--not-ready-after")?;
+            let spool = Spool::open(a.common.load()?)?;
+            check::run(&spool, a.repair, after, a.json, &mut out)
+        })(),
     };
     let flushed = out.flush();
     match result {
-        Ok(()) => match flushed {
-            Ok(()) => 0,
+        Ok(status) => match flushed {
+            Ok(()) => status,
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
             Err(e) => {
                 eprintln!("posthold: fatal: write error: {e}");

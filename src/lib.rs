@@ -8,7 +8,12 @@
 //! The queue file format itself lives in the `queue-format` crate.
 
 pub mod cat;
+pub mod check;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod error;
 pub mod list;
+pub mod relocate;
+pub mod spool;
+pub mod trigger;

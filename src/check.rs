@@ -1,0 +1,198 @@
+//! `posthold check [--repair]`: a read-only audit of the queue, and with
+//! `--repair` the fixes `postsuper -s` would make, done through the mover.
+//!
+//! Reported: names that are not legal queue IDs (temporary files older than
+//! the threshold), entries that are not regular files, files not ready for
+//! longer than the threshold, names that do not match their inode, files at
+//! the wrong hash depth, files with more than one link, and files whose
+//! records are incomplete. Repaired: wrong hash depth (moved to the right
+//! directory) and name/inode mismatch (renamed to the inode's ID, logs
+//! first), each only after the gate admits the file. Nothing else is
+//! touched: uncommitted files may still be written, and deleting is never
+//! a repair.
+
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+
+use queue_format::queue_id::{self, Form};
+
+use crate::error::Fatal;
+use crate::relocate::{self, Times};
+use crate::spool::{Location, QUARANTINE, Spool};
+
+/// Queues `check` audits.
+pub const CHECKED: &[&str] = &[
+    "maildrop", "incoming", "active", "deferred", "hold", QUARANTINE,
+];
+
+/// One finding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Path relative to the queue directory.
+    pub path: String,
+    /// What is wrong.
+    pub problem: String,
+    /// What --repair did, if anything.
+    pub repaired: Option<String>,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The ID a file's inode gives, in the form of its current name.
+pub fn id_for_inode(id: &str, inode: u64) -> Option<String> {
+    let d = queue_id::decode(id).ok()?;
+    Some(match d.form {
+        Form::Short => queue_id::encode_short(d.micros, inode),
+        Form::Long => queue_id::encode_long(d.seconds?, d.micros, inode),
+    })
+}
+
+/// Audits the spool; repairs when asked.
+pub fn check(spool: &Spool, repair: bool, not_ready_after: u64) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let qdir = &spool.cfg.queue_directory;
+    for &queue in CHECKED {
+        let hashed = spool.cfg.is_hashed(queue);
+        let mut stack = vec![queue.to_string()];
+        while let Some(dir) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(qdir.join(&dir)) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let path = format!("{dir}/{name}");
+                let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+                    continue;
+                };
+                let age = now() - meta.mtime();
+                if meta.is_dir() && hashed && name.len() == 1 {
+                    stack.push(path);
+                    continue;
+                }
+                let mut report = |problem: String, repaired: Option<String>| {
+                    out.push(Finding {
+                        path: path.clone(),
+                        problem,
+                        repaired,
+                    })
+                };
+                if !queue_id::is_legal(&name) {
+                    // Temporary names are normal while cleanup or postdrop
+                    // writes; only old ones are worth a line.
+                    if age > not_ready_after as i64 {
+                        report(format!("illegal name, {age}s old"), None);
+                    }
+                    continue;
+                }
+                if !meta.file_type().is_file() {
+                    report("not a regular file".into(), None);
+                    continue;
+                }
+                if meta.mode() & 0o700 != 0o700 {
+                    if age > not_ready_after as i64 {
+                        report(
+                            format!("not ready (mode {:04o}) for {age}s", meta.mode() & 0o7777),
+                            None,
+                        );
+                    }
+                    continue;
+                }
+                if meta.nlink() > 1 {
+                    report(format!("{} links", meta.nlink()), None);
+                }
+                if queue == "maildrop" || queue == QUARANTINE {
+                    continue;
+                }
+                let loc = Location {
+                    queue: queue.to_string(),
+                    dir: dir.clone(),
+                    id: name.clone(),
+                };
+                if queue_id::decode(&name).is_err() {
+                    report("name is not a queue ID in short or long form".into(), None);
+                    continue;
+                }
+                if !queue_id::matches_inode(&name, meta.ino()) {
+                    let new_id = id_for_inode(&name, meta.ino());
+                    let fix = match (repair && queue != "active", new_id) {
+                        (true, Some(new_id)) => Some(match spool.admit_with(&loc, false) {
+                            Ok(adm) => match relocate::rename_id(spool, adm, &new_id) {
+                                Ok(l) => format!("renamed to {}", l.path()),
+                                Err(e) => format!("not repaired: {e}"),
+                            },
+                            Err(r) => format!("not repaired: {r}"),
+                        }),
+                        _ => None,
+                    };
+                    report(format!("name does not match inode {}", meta.ino()), fix);
+                    continue;
+                }
+                let want = spool.queue_dir(queue, &name);
+                if want != dir {
+                    let fix = (repair && queue != "active").then(|| match spool.admit(&loc) {
+                        Ok(adm) => match relocate::move_to(spool, adm, queue, Times::Keep) {
+                            Ok(l) => format!("moved to {}", l.path()),
+                            Err(e) => format!("not repaired: {e}"),
+                        },
+                        Err(r) => format!("not repaired: {r}"),
+                    });
+                    report(format!("wrong hash directory (belongs in {want})"), fix);
+                    continue;
+                }
+                if queue != "active"
+                    && let Err(r) = spool.admit(&loc)
+                    && matches!(
+                        r,
+                        crate::spool::Refusal::Corrupt(_) | crate::spool::Refusal::WrongOwner(_)
+                    )
+                {
+                    report(r.to_string(), None);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Runs `posthold check`; exit 0 when nothing was found, 1 otherwise.
+pub fn run(
+    spool: &Spool,
+    repair: bool,
+    not_ready_after: u64,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<i32, Fatal> {
+    let findings = check(spool, repair, not_ready_after);
+    let werr = |e: std::io::Error| Fatal::runtime(format!("write error: {e}"));
+    for f in &findings {
+        let line = if json {
+            format!(
+                "{{\"path\": \"{}\", \"problem\": \"{}\", \"repaired\": {}}}",
+                crate::list::json_quote(f.path.as_bytes(), true),
+                crate::list::json_quote(f.problem.as_bytes(), true),
+                f.repaired.as_ref().map_or("null".to_string(), |r| format!(
+                    "\"{}\"",
+                    crate::list::json_quote(r.as_bytes(), true)
+                ))
+            )
+        } else {
+            match &f.repaired {
+                Some(r) => format!("{}: {}: {r}", f.path, f.problem),
+                None => format!("{}: {}", f.path, f.problem),
+            }
+        };
+        writeln!(out, "{line}").map_err(werr)?;
+    }
+    let summary = format!("check: {} finding(s)", findings.len());
+    if json {
+        eprintln!("posthold: {summary}");
+    } else {
+        writeln!(out, "{summary}").map_err(werr)?;
+    }
+    Ok(if findings.is_empty() { 0 } else { 1 })
+}
