@@ -16,4 +16,5 @@ mod common;
 
 mod bad_input;
 mod fixtures;
+mod mover;
 mod postfix;
