@@ -168,6 +168,9 @@ pub fn run(
     out: &mut dyn Write,
 ) -> Result<i32, Fatal> {
     let findings = check(spool, repair, not_ready_after);
+    if let Err(e) = spool.sync_dirs() {
+        eprintln!("posthold: warning: fsync of queue directories: {e}");
+    }
     let werr = |e: std::io::Error| Fatal::runtime(format!("write error: {e}"));
     for f in &findings {
         let line = if json {

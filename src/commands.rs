@@ -382,6 +382,9 @@ pub fn run(
     if progress {
         eprintln!();
     }
+    if let Err(e) = spool.sync_dirs() {
+        eprintln!("posthold: warning: fsync of queue directories: {e}");
+    }
     // One wake-up per service, after all moves (Postfix ignores failures).
     if trig.qmgr_incoming {
         trigger::kick(&spool.cfg, "qmgr", trigger::SCAN_INCOMING);

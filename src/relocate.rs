@@ -16,6 +16,7 @@
 
 use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
+use std::rc::Rc;
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, RenameFlags, renameat2};
@@ -91,8 +92,8 @@ fn now_secs() -> i64 {
 /// Opens (creating when missing) the target directory `rel` for a move:
 /// hash directories are made 0700 and owned by mail_owner, as Postfix
 /// makes them.
-fn target_dir(spool: &Spool, rel: &str, loc: &Location) -> Result<OwnedFd, MoveError> {
-    if let Ok(d) = spool.dir(rel) {
+fn target_dir(spool: &Spool, rel: &str, loc: &Location) -> Result<Rc<OwnedFd>, MoveError> {
+    if let Ok(d) = spool.dir_cached(rel) {
         return Ok(d);
     }
     // Create each missing level below the queue directory.
@@ -121,7 +122,7 @@ fn target_dir(spool: &Spool, rel: &str, loc: &Location) -> Result<OwnedFd, MoveE
         fsync(&d).map_err(|e| MoveError::Io(loc.clone(), format!("fsync {path}: {e}")))?;
     }
     spool
-        .dir(rel)
+        .dir_cached(rel)
         .map_err(|e| MoveError::Io(loc.clone(), format!("open {rel}: {e}")))
 }
 
@@ -143,13 +144,11 @@ pub fn move_to(
     };
     // 1. Directory handles: source and target (created 0700 mail_owner).
     let src = spool
-        .dir(&loc.dir)
+        .dir_cached(&loc.dir)
         .map_err(|e| MoveError::Io(loc.clone(), format!("open {}: {e}", loc.dir)))?;
     let dst = target_dir(spool, &to.dir, &loc)?;
     // S2: one file system. Checked here as well as by the kernel (EXDEV).
-    let dst_st = nix::sys::stat::fstat(&dst)
-        .map_err(|e| MoveError::Io(loc.clone(), format!("fstat: {e}")))?;
-    if dst_st.st_dev != adm.st.st_dev {
+    if spool.dir_device(&to.dir) != Some(adm.st.st_dev) {
         return Err(MoveError::CrossDevice(loc));
     }
     // 2. Times first, on the open file: if we crash before the rename the
@@ -167,12 +166,12 @@ pub fn move_to(
     }
     // 3. S5: the name still refers to the file we admitted (postsuper or
     //    qmgr may have renamed or replaced it since the gate).
-    match fstatat(&src, id, AtFlags::AT_SYMLINK_NOFOLLOW) {
+    match fstatat(&*src, id, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(s) if s.st_dev == adm.st.st_dev && s.st_ino == adm.st.st_ino => {}
         _ => return Err(MoveError::Raced(loc)),
     }
     // 4. S3/S4: the rename itself, never overwriting.
-    match renameat2(&src, id, &dst, id, RenameFlags::RENAME_NOREPLACE) {
+    match renameat2(&*src, id, &*dst, id, RenameFlags::RENAME_NOREPLACE) {
         Ok(()) => {}
         Err(Errno::EEXIST) => return Err(MoveError::Exists(loc)),
         Err(Errno::EXDEV) => return Err(MoveError::CrossDevice(loc)),
@@ -181,7 +180,7 @@ pub fn move_to(
         Err(e) => return Err(MoveError::Io(loc, format!("rename: {e}"))),
     }
     // 5. The target name now refers to the same inode (name and ID agree).
-    match fstatat(&dst, id, AtFlags::AT_SYMLINK_NOFOLLOW) {
+    match fstatat(&*dst, id, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(s) if s.st_dev == adm.st.st_dev && s.st_ino == adm.st.st_ino => {}
         _ => {
             return Err(MoveError::Io(
@@ -190,9 +189,10 @@ pub fn move_to(
             ));
         }
     }
-    // 6. Durability: both directories, target first.
-    let _ = fsync(&dst);
-    let _ = fsync(&src);
+    // 6. Durability: both directories are fsync'ed by Spool::sync_dirs,
+    //    once per command (see there why that keeps every move atomic).
+    spool.changed(&to.dir);
+    spool.changed(&loc.dir);
     drop(adm); // releases posthold's flock
     Ok(to)
 }
@@ -224,7 +224,7 @@ pub fn rename_id(spool: &Spool, adm: Admitted, new_id: &str) -> Result<Location,
             Err(Errno::EEXIST) => return Err(MoveError::Exists(loc)),
             Err(e) => return Err(MoveError::Io(loc, format!("rename {log} log: {e}"))),
         }
-        let _ = fsync(&td);
+        let _ = fsync(&*td);
         let _ = fsync(&fd);
     }
     let src = spool
@@ -249,7 +249,7 @@ pub fn rename_id(spool: &Spool, adm: Admitted, new_id: &str) -> Result<Location,
         Err(Errno::EINVAL | Errno::ENOSYS) => return Err(MoveError::NoReplaceUnsupported(loc)),
         Err(e) => return Err(MoveError::Io(loc, format!("rename: {e}"))),
     }
-    let _ = fsync(&dst);
+    let _ = fsync(&*dst);
     let _ = fsync(&src);
     drop(adm);
     Ok(Location {

@@ -14,10 +14,13 @@
 //! Nothing here changes a queue file: that is [`crate::relocate`]'s job
 //! alone. Refusals are values ([`Refusal`]) with a reason to print.
 
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::File;
 use std::io::BufReader;
 use std::os::fd::{AsFd, OwnedFd};
+use std::rc::Rc;
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, FcntlArg, OFlag, fcntl, openat};
@@ -135,6 +138,11 @@ pub struct Spool {
     pub dev: u64,
     /// mail_owner's uid and gid.
     pub owner: (u32, u32),
+    /// Directory handles opened so far, by relative path (bulk commands
+    /// touch the same few directories thousands of times).
+    dirs: RefCell<HashMap<String, (Rc<OwnedFd>, u64)>>,
+    /// Directories changed by renames and not yet fsync'ed.
+    unsynced: RefCell<HashSet<String>>,
 }
 
 fn io(e: Errno) -> std::io::Error {
@@ -162,7 +170,52 @@ impl Spool {
             owner: (user.uid.as_raw(), user.gid.as_raw()),
             root,
             cfg,
+            dirs: RefCell::default(),
+            unsynced: RefCell::default(),
         })
+    }
+
+    /// A directory handle from the cache, opened on first use. A cached
+    /// handle whose directory was removed meanwhile makes the next rename
+    /// fail (ENOENT), which is reported and changes nothing.
+    pub fn dir_cached(&self, rel: &str) -> std::io::Result<Rc<OwnedFd>> {
+        if let Some((d, _)) = self.dirs.borrow().get(rel) {
+            return Ok(Rc::clone(d));
+        }
+        let d = Rc::new(self.dir(rel)?);
+        let dev = fstat(&*d).map_err(io)?.st_dev;
+        self.dirs
+            .borrow_mut()
+            .insert(rel.to_string(), (Rc::clone(&d), dev));
+        Ok(d)
+    }
+
+    /// The device of a directory opened through [`Spool::dir_cached`].
+    pub fn dir_device(&self, rel: &str) -> Option<u64> {
+        self.dirs.borrow().get(rel).map(|(_, dev)| *dev)
+    }
+
+    /// Notes that a rename changed directory `rel`.
+    pub fn changed(&self, rel: &str) {
+        self.unsynced.borrow_mut().insert(rel.to_string());
+    }
+
+    /// fsyncs every directory changed since the last call. Bulk commands
+    /// call it once at the end: a rename is atomic whether or not its
+    /// directory was synced, so a crash or power loss before this point
+    /// leaves each message either moved or not moved, never both or
+    /// neither; the sync only makes the moves durable.
+    pub fn sync_dirs(&self) -> std::io::Result<()> {
+        let dirs: Vec<String> = self.unsynced.borrow_mut().drain().collect();
+        let mut first_err = None;
+        for rel in dirs {
+            if let Ok(d) = self.dir_cached(&rel)
+                && let Err(e) = nix::unistd::fsync(&*d)
+            {
+                first_err.get_or_insert(io(e));
+            }
+        }
+        first_err.map_or(Ok(()), Err)
     }
 
     /// Opens a directory below the queue directory without following
@@ -244,11 +297,11 @@ impl Spool {
         if !queue_id::is_legal(&loc.id) {
             return Err(Refusal::IllegalName);
         }
-        let dir = self.dir(&loc.dir).map_err(|_| Refusal::NotFound)?;
+        let dir = self.dir_cached(&loc.dir).map_err(|_| Refusal::NotFound)?;
         // G2: open without following a symlink; O_NONBLOCK so that a FIFO
         // planted in the queue cannot hang us.
         let fd = match openat(
-            &dir,
+            &*dir,
             loc.id.as_str(),
             OFlag::O_RDONLY
                 | OFlag::O_NOFOLLOW

@@ -17,18 +17,36 @@ pub struct TempSpool {
 }
 
 pub fn postfix_ids() -> (u32, u32) {
-    let out = std::process::Command::new("id").args(["-u", "postfix"]).output().unwrap();
-    let uid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("postfix user (run .ci/run)");
-    let out = std::process::Command::new("id").args(["-g", "postfix"]).output().unwrap();
+    let out = std::process::Command::new("id")
+        .args(["-u", "postfix"])
+        .output()
+        .unwrap();
+    let uid: u32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("postfix user (run .ci/run)");
+    let out = std::process::Command::new("id")
+        .args(["-g", "postfix"])
+        .output()
+        .unwrap();
     let gid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     (uid, gid)
 }
 
 impl TempSpool {
     pub fn new() -> TempSpool {
-        assert!(is_root(), "mover tests need root (chown to postfix): run .ci/run");
-        let dir = tempfile::Builder::new().prefix("posthold-spool-").tempdir().unwrap();
-        for q in ["incoming", "active", "deferred", "hold", "maildrop", "defer", "bounce", "trace", "public"] {
+        assert!(
+            is_root(),
+            "mover tests need root (chown to postfix): run .ci/run"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("posthold-spool-")
+            .tempdir()
+            .unwrap();
+        for q in [
+            "incoming", "active", "deferred", "hold", "maildrop", "defer", "bounce", "trace",
+            "public",
+        ] {
             std::fs::create_dir(dir.path().join(q)).unwrap();
         }
         TempSpool {
@@ -46,7 +64,10 @@ impl TempSpool {
     /// temporary name, then renamed to the ID its inode gives; 0700 postfix.
     pub fn add_with(&mut self, queue: &str, b: Builder, mode: u32) -> String {
         self.seq += 1;
-        let tmp = self.q().join(queue).join(format!("{}.{}", self.seq, std::process::id()));
+        let tmp = self
+            .q()
+            .join(queue)
+            .join(format!("{}.{}", self.seq, std::process::id()));
         std::fs::write(&tmp, b.build()).unwrap();
         let (uid, gid) = postfix_ids();
         std::os::unix::fs::chown(&tmp, Some(uid), Some(gid)).unwrap();
@@ -74,7 +95,12 @@ impl TempSpool {
         let mut out = Vec::new();
         for e in walk(self.q()) {
             if e.file_name().is_some_and(|n| n == id) {
-                out.push(e.strip_prefix(self.q()).unwrap().to_string_lossy().into_owned());
+                out.push(
+                    e.strip_prefix(self.q())
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
             }
         }
         out.sort();
@@ -83,13 +109,21 @@ impl TempSpool {
 
     pub fn cmd(&self, args: &[&str]) -> Output {
         let mut c = posthold();
-        c.arg(args[0]).arg("-c").arg(self.cfg.path()).arg("--queue-directory").arg(self.q()).args(&args[1..]);
+        c.arg(args[0])
+            .arg("-c")
+            .arg(self.cfg.path())
+            .arg("--queue-directory")
+            .arg(self.q())
+            .args(&args[1..]);
         run(c)
     }
 }
 
 pub fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 pub fn walk(p: &Path) -> Vec<PathBuf> {
@@ -108,7 +142,11 @@ pub fn walk(p: &Path) -> Vec<PathBuf> {
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 #[test]
@@ -119,7 +157,10 @@ fn release_to_incoming_keeps_inode_bytes_and_sets_mtime() {
         .iter()
         .map(|id| {
             let p = s.q().join("hold").join(id);
-            (std::fs::metadata(&p).unwrap().ino(), std::fs::read(&p).unwrap())
+            (
+                std::fs::metadata(&p).unwrap().ino(),
+                std::fs::read(&p).unwrap(),
+            )
         })
         .collect();
     let o = s.cmd(&["release", "ALL"]);
@@ -139,12 +180,18 @@ fn release_to_incoming_keeps_inode_bytes_and_sets_mtime() {
 #[test]
 fn release_requeues_old_mail_and_honours_to() {
     let mut s = TempSpool::new();
-    let old = Builder::new(now() - 4 * 86400, "old@example.com").recipient("r@example.net").body_line("x");
+    let old = Builder::new(now() - 4 * 86400, "old@example.com")
+        .recipient("r@example.net")
+        .body_line("x");
     let old_id = s.add_with("hold", old, 0o700);
     let young = s.add("hold");
     let o = s.cmd(&["release", old_id.as_str(), young.as_str()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert_eq!(s.find(&old_id), vec![format!("maildrop/{old_id}")], "old mail goes through pickup");
+    assert_eq!(
+        s.find(&old_id),
+        vec![format!("maildrop/{old_id}")],
+        "old mail goes through pickup"
+    );
     assert_eq!(s.find(&young), vec![format!("incoming/{young}")]);
     // --to deferred is postsuper -H: hashed path, future mtime reset.
     let d = s.add("hold");
@@ -174,18 +221,32 @@ fn hold_requeue_expire_quarantine_restore_delete() {
 
     let o = s.cmd(&["expire", a.as_str()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert_eq!(std::fs::metadata(s.q().join("hold").join(&a)).unwrap().mode() & 0o7777, 0o710);
+    assert_eq!(
+        std::fs::metadata(s.q().join("hold").join(&a))
+            .unwrap()
+            .mode()
+            & 0o7777,
+        0o710
+    );
     let o = s.cmd(&["expire", "--release", b.as_str()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let rel = queue_format::hash_dir::queue_path("deferred", &b, true, 1);
     assert_eq!(s.find(&b), vec![rel.clone()]);
-    assert_eq!(std::fs::metadata(s.q().join(&rel)).unwrap().mode() & 0o7777, 0o710);
+    assert_eq!(
+        std::fs::metadata(s.q().join(&rel)).unwrap().mode() & 0o7777,
+        0o710
+    );
 
     let o = s.cmd(&["quarantine", a.as_str()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(s.find(&a), vec![format!("posthold-quarantine/{a}")]);
     let o = s.cmd(&["release", a.as_str()]);
-    assert_eq!(o.status.code(), Some(1), "quarantined mail is not released: {}", text(&o));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "quarantined mail is not released: {}",
+        text(&o)
+    );
     let o = s.cmd(&["restore", a.as_str()]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(s.find(&a), vec![format!("hold/{a}")]);
@@ -196,7 +257,9 @@ fn hold_requeue_expire_quarantine_restore_delete() {
 
     // delete: logs first, then the file; ALL needs --yes.
     let c = s.add("hold");
-    let log = s.q().join(queue_format::hash_dir::queue_path("defer", &c, true, 1));
+    let log = s
+        .q()
+        .join(queue_format::hash_dir::queue_path("defer", &c, true, 1));
     std::fs::create_dir_all(log.parent().unwrap()).unwrap();
     std::fs::write(&log, "recipient=x\n\n").unwrap();
     let o = s.cmd(&["delete", "ALL"]);
@@ -223,7 +286,10 @@ fn hold_never_takes_from_active_or_maildrop_and_dry_run_changes_nothing() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("would be moved to incoming"));
     let after = std::fs::metadata(s.q().join("hold").join(&h)).unwrap();
-    assert_eq!((before.ino(), before.mtime(), before.mode()), (after.ino(), after.mtime(), after.mode()));
+    assert_eq!(
+        (before.ino(), before.mtime(), before.mode()),
+        (after.ino(), after.mtime(), after.mode())
+    );
 }
 
 /// Each hostile case: a clear line naming the ID and the reason, exit 1,
@@ -233,18 +299,31 @@ fn bad_input_is_refused_and_nothing_moves() {
     let mut s = TempSpool::new();
     let o = s.cmd(&["release", "..", "a/b", ".", "", "x.y"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert_eq!(String::from_utf8_lossy(&o.stdout).matches("not a legal queue ID").count(), 5, "{}", text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout)
+            .matches("not a legal queue ID")
+            .count(),
+        5,
+        "{}",
+        text(&o)
+    );
 
     let mut cases: Vec<(String, &str)> = Vec::new();
     // symlink named like a queue file, pointing at a real one elsewhere
     let target = s.add("deferred");
-    let t_path = s.q().join(queue_format::hash_dir::queue_path("deferred", &target, true, 1));
+    let t_path = s.q().join(queue_format::hash_dir::queue_path(
+        "deferred", &target, true, 1,
+    ));
     let link = "0000099999";
     std::os::unix::fs::symlink(&t_path, s.q().join("hold").join(link)).unwrap();
     cases.push((link.into(), "symbolic link"));
     // hard link
     let hl = s.add("hold");
-    std::fs::hard_link(s.q().join("hold").join(&hl), s.q().join("trace").join("extra-link")).unwrap();
+    std::fs::hard_link(
+        s.q().join("hold").join(&hl),
+        s.q().join("trace").join("extra-link"),
+    )
+    .unwrap();
     cases.push((hl, "2 links"));
     // wrong owner
     let wo = s.add("hold");
@@ -287,13 +366,17 @@ fn bad_input_is_refused_and_nothing_moves() {
         let out = String::from_utf8_lossy(&o.stdout);
         assert_eq!(o.status.code(), Some(1), "{id}: {}", text(&o));
         assert!(
-            out.lines().any(|l| l.starts_with(&format!("{id}: skipped")) && l.contains(why)),
+            out.lines()
+                .any(|l| l.starts_with(&format!("{id}: skipped")) && l.contains(why)),
             "{id}: expected {why:?} in {out}"
         );
         assert_eq!(s.find(id), before, "{id} must not move");
         assert!(!text(&o).contains("panicked"));
     }
-    assert_eq!(std::fs::read(s.q().join("incoming").join(&ex)).unwrap(), b"someone else's file");
+    assert_eq!(
+        std::fs::read(s.q().join("incoming").join(&ex)).unwrap(),
+        b"someone else's file"
+    );
 }
 
 #[test]
@@ -316,7 +399,9 @@ fn locked_files_are_skipped_flock_and_fcntl() {
     {
         use std::io::BufRead;
         let mut line = String::new();
-        std::io::BufReader::new(flocker.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        std::io::BufReader::new(flocker.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         assert_eq!(line.trim(), "locked");
     }
     // Another process holds an fcntl write lock.
@@ -332,7 +417,9 @@ fn locked_files_are_skipped_flock_and_fcntl() {
     {
         use std::io::BufRead;
         let mut line = String::new();
-        std::io::BufReader::new(fcntler.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        std::io::BufReader::new(fcntler.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         assert_eq!(line.trim(), "locked");
     }
     std::thread::sleep(std::time::Duration::from_millis(200));
@@ -343,8 +430,14 @@ fn locked_files_are_skipped_flock_and_fcntl() {
     let _ = flocker.wait();
     let _ = fcntler.wait();
     assert_eq!(o.status.code(), Some(1), "{out}");
-    assert!(out.contains(&format!("{f}: skipped: locked (flock)")), "{out}");
-    assert!(out.contains(&format!("{c}: skipped: locked (fcntl)")), "{out}");
+    assert!(
+        out.contains(&format!("{f}: skipped: locked (flock)")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{c}: skipped: locked (fcntl)")),
+        "{out}"
+    );
     assert_eq!(s.find(&f), vec![format!("hold/{f}")]);
     assert_eq!(s.find(&c), vec![format!("hold/{c}")]);
     // Unlocked now: released.
@@ -357,12 +450,20 @@ fn other_file_system_is_refused_never_copied() {
     let mut s = TempSpool::new();
     let id = s.add("hold");
     let inc = s.q().join("incoming");
-    let st = std::process::Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&inc).status().unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&inc)
+        .status()
+        .unwrap();
     assert!(st.success(), "mount tmpfs (root in CI)");
     let o = s.cmd(&["release", id.as_str()]);
     let _ = std::process::Command::new("umount").arg(&inc).status();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("another file system"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("another file system"),
+        "{}",
+        text(&o)
+    );
     assert_eq!(s.find(&id), vec![format!("hold/{id}")]);
 }
 
@@ -371,8 +472,17 @@ fn check_reports_and_repairs_what_postsuper_s_would() {
     let mut s = TempSpool::new();
     // wrong hash directory
     let w = s.add("deferred");
-    let right = s.q().join(queue_format::hash_dir::queue_path("deferred", &w, true, 1));
-    let wrong_dir = s.q().join("deferred").join(if right.parent().unwrap().ends_with("0") { "1" } else { "0" });
+    let right = s
+        .q()
+        .join(queue_format::hash_dir::queue_path("deferred", &w, true, 1));
+    let wrong_dir = s
+        .q()
+        .join("deferred")
+        .join(if right.parent().unwrap().ends_with("0") {
+            "1"
+        } else {
+            "0"
+        });
     std::fs::create_dir_all(&wrong_dir).unwrap();
     std::fs::rename(&right, wrong_dir.join(&w)).unwrap();
     // a name that does not match its inode
@@ -380,17 +490,25 @@ fn check_reports_and_repairs_what_postsuper_s_would() {
     let mp = s.q().join("hold").join(&m);
     let bogus = queue_format::queue_id::encode_short(12345, 1);
     std::fs::rename(&mp, s.q().join("hold").join(&bogus)).unwrap();
-    let ino = std::fs::metadata(s.q().join("hold").join(&bogus)).unwrap().ino();
+    let ino = std::fs::metadata(s.q().join("hold").join(&bogus))
+        .unwrap()
+        .ino();
 
     let o = s.cmd(&["check"]);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(out.contains("wrong hash directory"), "{out}");
-    assert!(out.contains(&format!("hold/{bogus}: name does not match inode {ino}")), "{out}");
+    assert!(
+        out.contains(&format!("hold/{bogus}: name does not match inode {ino}")),
+        "{out}"
+    );
 
     let o = s.cmd(&["check", "--repair"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert_eq!(s.find(&w), vec![queue_format::hash_dir::queue_path("deferred", &w, true, 1)]);
+    assert_eq!(
+        s.find(&w),
+        vec![queue_format::hash_dir::queue_path("deferred", &w, true, 1)]
+    );
     let fixed = queue_format::queue_id::encode_short(12345, ino);
     assert_eq!(s.find(&fixed), vec![format!("hold/{fixed}")]);
     let o = s.cmd(&["check"]);
