@@ -15,6 +15,8 @@
 mod common;
 
 mod bad_input;
+mod crash;
 mod fixtures;
+mod model;
 mod mover;
 mod postfix;

@@ -122,7 +122,13 @@ pub fn fixtures() -> Vec<Fixture> {
 /// (Postfix defaults), for tools that need one but no running instance.
 pub fn empty_config() -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
-    std::fs::write(d.path().join("main.cf"), "compatibility_level = 3.6\n").unwrap();
+    let p = d.path().join("main.cf");
+    std::fs::write(&p, "compatibility_level = 3.6\n").unwrap();
+    // Postfix waits up to two seconds before reading a main.cf changed in
+    // the last seconds (to see complete edits); date it in the past.
+    let f = std::fs::File::options().write(true).open(&p).unwrap();
+    f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(600))
+        .unwrap();
     d
 }
 
