@@ -110,13 +110,14 @@ impl World {
                 assert!(m.committed, "{} moved while uncommitted", m.id);
                 assert!(m.lock.is_none(), "{} moved while locked", m.id);
                 m.path = now_at;
-            } else if m.committed && m.lock.is_none() {
-                if let Some(q) = eligible(m) {
-                    panic!(
-                        "{} should have been moved to {q} but stayed at {}",
-                        m.id, m.path
-                    );
-                }
+            } else if m.committed
+                && m.lock.is_none()
+                && let Some(q) = eligible(m)
+            {
+                panic!(
+                    "{} should have been moved to {q} but stayed at {}",
+                    m.id, m.path
+                );
             }
         }
     }
@@ -206,7 +207,7 @@ impl World {
                         to: Some(ReleaseTo::Incoming),
                         old_after: None,
                     },
-                    &[id.clone()],
+                    std::slice::from_ref(&id),
                 );
                 self.after_posthold(|m| {
                     (m.id == id && m.path.starts_with("hold/")).then_some("incoming")
