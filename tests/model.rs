@@ -215,7 +215,7 @@ impl World {
             }
             Op::Hold(k) if k < n => {
                 let id = self.msgs[k].id.clone();
-                self.run(Action::Hold, &[id.clone()]);
+                self.run(Action::Hold, std::slice::from_ref(&id));
                 self.after_posthold(|m| {
                     (m.id == id
                         && (m.path.starts_with("incoming/") || m.path.starts_with("deferred/")))
