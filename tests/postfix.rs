@@ -167,3 +167,186 @@ fn list_is_read_only_and_held_mail_stays_held() {
         .count();
     assert_eq!(delivered, 0, "held mail must not be delivered");
 }
+
+/// Relative path -> inode of every file in the instance's queue.
+fn queue_files(pf: &Instance) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = crate::mover::walk(&pf.queue())
+        .into_iter()
+        .filter(|p| {
+            std::fs::symlink_metadata(p)
+                .map(|m| m.is_file())
+                .unwrap_or(false)
+        })
+        .filter(|p| {
+            let rel = p.strip_prefix(pf.queue()).unwrap();
+            [
+                "hold", "incoming", "deferred", "active", "maildrop", "defer",
+            ]
+            .iter()
+            .any(|q| rel.starts_with(q))
+        })
+        .map(|p| {
+            (
+                p.strip_prefix(pf.queue())
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+                std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&p).unwrap()),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn released_mail_is_delivered_unchanged_held_mail_stays() {
+    assert!(
+        is_root() && have_postfix(),
+        "these tests need root and Postfix: run .ci/run"
+    );
+    let pf = Instance::start(false);
+    for i in 0..3 {
+        let body =
+            format!("Subject: HOLD release test {i}\nX-Test: {i}\n\nline one {i}\n\nline three\n");
+        pf.send(
+            "sender@posthold.test",
+            &[&format!("user{i}@posthold.test")],
+            body.as_bytes(),
+        );
+    }
+    let held = pf.wait_held(3);
+    // What the queue files hold, as postcat shows headers and body.
+    let stored: Vec<Vec<u8>> = held
+        .iter()
+        .map(|id| {
+            let mut c = pf.tool("postcat");
+            c.args(["-h", "-b", "-q", id]);
+            run(c).stdout
+        })
+        .collect();
+    let mut ph = pf.posthold("release");
+    ph.args([&held[0], &held[1]]);
+    let o = run(ph);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while pf.delivered().len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not delivered: {}",
+            pf.maillog()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let delivered = pf.delivered();
+    for (i, id) in held.iter().take(2).enumerate() {
+        let f = delivered
+            .iter()
+            .find(|d| d.starts_with(id.as_str()))
+            .expect("delivered under its queue ID");
+        let got = std::fs::read(pf.dir.path().join("deliver").join(f)).unwrap();
+        assert!(
+            got.ends_with(&stored[i]),
+            "{id}: delivered content differs from the queue file's"
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(pf.delivered().len(), 2, "the third message stays held");
+    assert_eq!(pf.held(), vec![held[2].clone()]);
+
+    // postsuper -s afterwards renames nothing.
+    let before = queue_files(&pf);
+    let mut ps = pf.tool("postsuper");
+    ps.arg("-s");
+    let o = run(ps);
+    assert!(
+        o.status.success(),
+        "postsuper -s: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(queue_files(&pf), before, "postsuper -s changed something");
+}
+
+/// Postfix's held-too-long trap: released with postsuper -H semantics, an
+/// old message gets one attempt and bounces on the first deferral. Released
+/// by posthold it goes through maildrop, gets a fresh create_time, and is
+/// deferred, not bounced.
+#[test]
+fn old_held_mail_released_through_maildrop_does_not_bounce() {
+    assert!(
+        is_root() && have_postfix(),
+        "these tests need root and Postfix: run .ci/run"
+    );
+    let pf = Instance::start_with(
+        false,
+        &["maximal_queue_lifetime=10s", "bounce_queue_lifetime=10s"],
+    );
+    for who in ["trap", "safe"] {
+        pf.send(
+            "sender@posthold.test",
+            &[&format!("{who}@defer.test")],
+            format!("Subject: {who}\n\nwill be deferred\n").as_bytes(),
+        );
+    }
+    // Both are deferred (retry: transport), then put on hold by postsuper -h.
+    let trap = pf.wait_log(&["to=<trap@defer.test>", "status=deferred"], 30);
+    let safe = pf.wait_log(&["to=<safe@defer.test>", "status=deferred"], 30);
+    let id_of = |line: &str| {
+        line.split_whitespace()
+            .map(|w| w.trim_end_matches(':'))
+            .find(|w| queue_format::queue_id::decode(w).is_ok())
+            .unwrap_or_else(|| panic!("no queue ID in {line}"))
+            .to_string()
+    };
+    let (trap_id, safe_id) = (id_of(&trap), id_of(&safe));
+    let mut ps = pf.tool("postsuper");
+    ps.args(["-h", &trap_id, "-h", &safe_id]);
+    assert!(run(ps).status.success());
+    pf.wait_held(2);
+    // Held longer than the lifetime.
+    std::thread::sleep(std::time::Duration::from_secs(12));
+
+    let mut ph = pf.posthold("release");
+    ph.args(["--to", "deferred", &trap_id]);
+    assert_eq!(run(ph).status.code(), Some(0));
+    let mut ph = pf.posthold("release");
+    ph.arg(&safe_id);
+    let o = run(ph);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("moved to maildrop"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+
+    // The trap: expired on its first deferral after release.
+    pf.wait_log(&[&format!("{trap_id}:"), "status=expired"], 30);
+    // posthold's: picked up under a new ID and deferred, not expired.
+    let picked = pf.wait_log(&[&format!("orig_id={safe_id}")], 30);
+    let new_id = id_of(&picked);
+    pf.wait_log(
+        &[
+            &format!("{new_id}:"),
+            "to=<safe@defer.test>",
+            "status=deferred",
+        ],
+        30,
+    );
+    assert!(
+        !pf.maillog()
+            .lines()
+            .any(|l| l.contains(&format!("{new_id}:")) && l.contains("expired")),
+        "requeued message expired:\n{}",
+        pf.maillog()
+    );
+}

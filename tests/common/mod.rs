@@ -155,6 +155,11 @@ fn pf(args: &[&str]) -> Output {
 impl Instance {
     /// Creates and starts an instance.
     pub fn start(long_ids: bool) -> Instance {
+        Instance::start_with(long_ids, &[])
+    }
+
+    /// Creates and starts an instance with extra main.cf settings.
+    pub fn start_with(long_ids: bool, settings: &[&str]) -> Instance {
         let dir = tempfile::Builder::new()
             .prefix("posthold-pf-")
             .tempdir()
@@ -163,6 +168,10 @@ impl Instance {
         let mut args = vec!["create", d.as_str()];
         if long_ids {
             args.push("--long-ids");
+        }
+        for s in settings {
+            args.push("--set");
+            args.push(s);
         }
         pf(&args);
         pf(&["start", &d]);
@@ -225,6 +234,43 @@ impl Instance {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The instance's mail log.
+    pub fn maillog(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log/maillog")).unwrap_or_default()
+    }
+
+    /// Waits until the mail log has a line containing all of `parts`.
+    pub fn wait_log(&self, parts: &[&str], secs: u64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(l) = self
+                .maillog()
+                .lines()
+                .find(|l| parts.iter().all(|p| l.contains(p)))
+            {
+                return l.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {parts:?} in:\n{}",
+                self.maillog()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Files in the delivery directory.
+    pub fn delivered(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.dir.path().join("deliver"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        v.sort();
+        v
     }
 
     /// A Postfix tool with `-c` for this instance.
