@@ -89,16 +89,19 @@ fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
-/// Opens (creating when missing) the target directory `rel` for a move:
-/// hash directories are made 0700 and owned by mail_owner, as Postfix
-/// makes them.
+/// Opens (creating when missing) the target directory `rel` for a move.
+/// A missing hash directory is made under a temporary name, given mode
+/// 0700 and mail_owner, fsync'ed, and only then renamed into place (without
+/// replacing): its final name never exists with the wrong owner, even after
+/// a crash, so qmgr can always move files out of it.
 fn target_dir(spool: &Spool, rel: &str, loc: &Location) -> Result<Rc<OwnedFd>, MoveError> {
     if let Ok(d) = spool.dir_cached(rel) {
         return Ok(d);
     }
-    // Create each missing level below the queue directory.
+    let io = |what: String| MoveError::Io(loc.clone(), what);
     let mut path = String::new();
     for part in rel.split('/') {
+        let parent = path.clone();
         if !path.is_empty() {
             path.push('/');
         }
@@ -106,20 +109,46 @@ fn target_dir(spool: &Spool, rel: &str, loc: &Location) -> Result<Rc<OwnedFd>, M
         if spool.dir(&path).is_ok() {
             continue;
         }
-        match mkdirat(&spool.root, path.as_str(), Mode::from_bits_truncate(0o700)) {
+        let tmp = format!(
+            "{}{}.posthold-mkdir-{}",
+            parent,
+            if parent.is_empty() { "" } else { "/" },
+            std::process::id()
+        );
+        match mkdirat(&spool.root, tmp.as_str(), Mode::from_bits_truncate(0o700)) {
             Ok(()) | Err(Errno::EEXIST) => {}
-            Err(e) => return Err(MoveError::Io(loc.clone(), format!("mkdir {path}: {e}"))),
+            Err(e) => return Err(io(format!("mkdir {tmp}: {e}"))),
         }
         let d = spool
-            .dir(&path)
-            .map_err(|e| MoveError::Io(loc.clone(), format!("open {path}: {e}")))?;
+            .dir(&tmp)
+            .map_err(|e| io(format!("open {tmp}: {e}")))?;
         fchown(
             &d,
             Some(Uid::from_raw(spool.owner.0)),
             Some(Gid::from_raw(spool.owner.1)),
         )
-        .map_err(|e| MoveError::Io(loc.clone(), format!("chown {path}: {e}")))?;
-        fsync(&d).map_err(|e| MoveError::Io(loc.clone(), format!("fsync {path}: {e}")))?;
+        .map_err(|e| io(format!("chown {tmp}: {e}")))?;
+        fsync(&d).map_err(|e| io(format!("fsync {tmp}: {e}")))?;
+        match renameat2(
+            &spool.root,
+            tmp.as_str(),
+            &spool.root,
+            path.as_str(),
+            RenameFlags::RENAME_NOREPLACE,
+        ) {
+            Ok(()) => {}
+            // Someone (Postfix, another posthold) made it meanwhile: use theirs.
+            Err(Errno::EEXIST | Errno::ENOTEMPTY) => {
+                let _ = unlinkat(&spool.root, tmp.as_str(), UnlinkatFlags::RemoveDir);
+            }
+            Err(e) => {
+                let _ = unlinkat(&spool.root, tmp.as_str(), UnlinkatFlags::RemoveDir);
+                return Err(io(format!("rename {tmp} to {path}: {e}")));
+            }
+        }
+        if let Ok(p) = spool.dir(if parent.is_empty() { "." } else { &parent }) {
+            let _ = fsync(&p);
+        }
     }
     spool
         .dir_cached(rel)

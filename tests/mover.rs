@@ -337,6 +337,14 @@ fn bad_input_is_refused_and_nothing_moves() {
     let dir_id = "0000198888";
     std::fs::create_dir(s.q().join("hold").join(dir_id)).unwrap();
     cases.push((dir_id.into(), "not a regular file"));
+    // a FIFO: opening it must not hang
+    let fifo_id = "0000297777";
+    let st = std::process::Command::new("mkfifo")
+        .arg(s.q().join("hold").join(fifo_id))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    cases.push((fifo_id.into(), "not a regular file"));
     // truncated (unfinished) file
     let b = Builder::new(now(), "a@b.c").recipient("r@x").body_line("x");
     let tr = s.add_with("hold", b, 0o700);

@@ -5,8 +5,14 @@
 //!   with many option combinations;
 //! * `postfix`: a private Postfix instance started by the harness
 //!   (`common::Instance`); held mail listed and shown by posthold and by
-//!   Postfix's own tools in the same run;
-//! * `bad_input`: corrupt and hostile input: clear errors, no panic.
+//!   Postfix's own tools in the same run; released mail delivered unchanged;
+//!   old mail requeued instead of bouncing; `postsuper -s` finds nothing;
+//! * `bad_input`: corrupt and hostile input: clear errors, no panic;
+//! * `mover`: the gate, the mover and the commands on temporary spools
+//!   (real files, inodes, renames, flock and fcntl locks, a tmpfs mount);
+//! * `crash`: posthold processes SIGKILLed during bulk moves of 10,000 files;
+//! * `model`: a proptest state machine of Postfix actors, posthold and
+//!   crashes, with the spool invariants checked after every step.
 
 // Tests play Postfix (creating, committing, renaming queue files) and the
 // administrator; only posthold itself is bound to relocate (clippy.toml).
