@@ -133,12 +133,23 @@ fn duration(v: &str, what: &str) -> Result<u64, Fatal> {
     })
 }
 
+/// The moving commands rename inside Postfix's 0700 queue directories and
+/// create hash directories owned by mail_owner: they need root.
+fn require_root(what: &str) -> Result<(), Fatal> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(Fatal::config(format!("{what}: must run as root")))
+    }
+}
+
 fn run_moves(
     m: &MoveArgs,
     action: commands::Action,
     yes: bool,
     out: &mut dyn Write,
 ) -> Result<i32, Fatal> {
+    require_root(action.name())?;
     let spool = Spool::open(m.common.load()?)?;
     let opts = commands::RunOpts {
         dry_run: m.dry_run,
@@ -262,6 +273,9 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32
         Command::Restore(a) => run_moves(&a, commands::Action::Restore, false, &mut out),
         Command::Check(a) => (|| {
             let after = duration(&a.not_ready_after, "--not-ready-after")?;
+            if a.repair {
+                require_root("check --repair")?;
+            }
             let spool = Spool::open(a.common.load()?)?;
             check::run(&spool, a.repair, after, a.json, &mut out)
         })(),
