@@ -60,6 +60,37 @@ enum Command {
     Restore(MoveArgs),
     /// Audit the queue; --repair fixes what postsuper -s would.
     Check(CheckArgs),
+    /// The daemon: release held mail when its rules say (X-Deliver-At by default).
+    Watch(WatchArgs),
+    /// Check a rules file and print the rules in order.
+    CheckConfig(CheckConfigArgs),
+}
+
+#[derive(Debug, Args)]
+struct WatchArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Rules file (TOML); without it: release at X-Deliver-At / Deferred-Delivery, keep the rest.
+    #[arg(long, value_name = "FILE")]
+    rules: Option<PathBuf>,
+    /// Full rescan interval, a safety net besides inotify (Postfix time units).
+    #[arg(long, value_name = "AGE", default_value = "300s")]
+    scan_interval: String,
+    /// Parser threads.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Log to syslog (/dev/log, facility mail) instead of stderr.
+    #[arg(long)]
+    syslog: bool,
+    /// Keep running as root (default: drop to mail_owner after start).
+    #[arg(long)]
+    no_drop_privileges: bool,
+}
+
+#[derive(Debug, Args)]
+struct CheckConfigArgs {
+    /// Rules file to check; the default rules when none.
+    rules: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -271,6 +302,36 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32
         Command::Delete(a) => run_moves(&a.moves, commands::Action::Delete, a.yes, &mut out),
         Command::Quarantine(a) => run_moves(&a, commands::Action::Quarantine, false, &mut out),
         Command::Restore(a) => run_moves(&a, commands::Action::Restore, false, &mut out),
+        Command::Watch(a) => (|| {
+            let interval = duration(&a.scan_interval, "--scan-interval")?;
+            let cfg = a.common.load()?;
+            crate::watch::run(
+                cfg,
+                crate::watch::WatchOpts {
+                    rules: a.rules.clone(),
+                    scan_interval: std::time::Duration::from_secs(interval.max(1)),
+                    workers: a.workers,
+                    syslog: a.syslog,
+                    drop_privileges: !a.no_drop_privileges,
+                },
+            )
+        })(),
+        Command::CheckConfig(a) => crate::rules::Rules::load(a.rules.as_deref()).and_then(|r| {
+            for (i, rule) in r.rules.iter().enumerate() {
+                writeln!(out, "{}. {}: {:?}", i + 1, rule.name, rule.verdict)
+                    .map_err(|e| Fatal::runtime(format!("write error: {e}")))?;
+            }
+            writeln!(
+                out,
+                "settings: horizon={}s on_bad_date={:?} requeue_after={}",
+                r.horizon,
+                r.on_bad_date,
+                r.requeue_after
+                    .map_or("half the lifetime".to_string(), |s| format!("{s}s"))
+            )
+            .map_err(|e| Fatal::runtime(format!("write error: {e}")))?;
+            Ok(0)
+        }),
         Command::Check(a) => (|| {
             let after = duration(&a.not_ready_after, "--not-ready-after")?;
             if a.repair {

@@ -154,10 +154,31 @@ pub fn read_targets(args: &[String]) -> Result<Option<Vec<String>>, Fatal> {
     Ok(Some(ids))
 }
 
-struct Triggers {
-    qmgr_incoming: bool,
-    qmgr_deferred: bool,
-    pickup: bool,
+/// Which Postfix services to wake after a batch of moves.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Triggers {
+    /// qmgr: scan incoming.
+    pub qmgr_incoming: bool,
+    /// qmgr: scan deferred.
+    pub qmgr_deferred: bool,
+    /// pickup: wake up.
+    pub pickup: bool,
+}
+
+impl Triggers {
+    /// Sends the wake-ups that are due, once each, and clears them.
+    pub fn send(&mut self, cfg: &crate::config::Config) {
+        if self.qmgr_incoming {
+            trigger::kick(cfg, "qmgr", trigger::SCAN_INCOMING);
+        }
+        if self.qmgr_deferred {
+            trigger::kick(cfg, "qmgr", trigger::SCAN_DEFERRED);
+        }
+        if self.pickup {
+            trigger::kick(cfg, "pickup", trigger::WAKEUP);
+        }
+        *self = Triggers::default();
+    }
 }
 
 /// Chooses release's destination for an admitted message.
@@ -190,7 +211,8 @@ fn release_target(
     }
 }
 
-fn act(
+/// Applies `action` to the message at `loc`: gate, then mover.
+pub fn act(
     spool: &Spool,
     action: &Action,
     loc: &Location,
@@ -347,11 +369,7 @@ pub fn run(
     };
     let total = locs.len();
     let progress = std::io::stderr().is_terminal() && total >= 1000;
-    let mut trig = Triggers {
-        qmgr_incoming: false,
-        qmgr_deferred: false,
-        pickup: false,
-    };
+    let mut trig = Triggers::default();
     let (mut done, mut skipped) = (0usize, 0usize);
     let werr = |e: std::io::Error| Fatal::runtime(format!("write error: {e}"));
     for (i, l) in locs.iter().enumerate() {
@@ -386,15 +404,7 @@ pub fn run(
         eprintln!("posthold: warning: fsync of queue directories: {e}");
     }
     // One wake-up per service, after all moves (Postfix ignores failures).
-    if trig.qmgr_incoming {
-        trigger::kick(&spool.cfg, "qmgr", trigger::SCAN_INCOMING);
-    }
-    if trig.qmgr_deferred {
-        trigger::kick(&spool.cfg, "qmgr", trigger::SCAN_DEFERRED);
-    }
-    if trig.pickup {
-        trigger::kick(&spool.cfg, "pickup", trigger::WAKEUP);
-    }
+    trig.send(&spool.cfg);
     let summary = format!(
         "{}{}: {done} done, {skipped} skipped",
         action.name(),

@@ -1,0 +1,515 @@
+//! `posthold watch`: the hold-queue daemon.
+//!
+//! Threads and bounded channels (a full channel slows intake, never drops:
+//! the spool keeps every message and the next scan finds it again):
+//!
+//! ```text
+//! watcher (inotify + scans) --paths--> parsers (N) --decisions--> scheduler/mover
+//! ```
+//!
+//! * The watcher owns the inotify descriptor on `hold/` (and its hash
+//!   directories). A held file appears by rename while still 0600; it is
+//!   committed by a mode change (IN_ATTRIB). Any event only says "look at
+//!   this name": the parsers check the file is committed. A full scan runs
+//!   at start, after an inotify overflow, after SIGHUP, and every
+//!   `--scan-interval`.
+//! * Parsers read the envelope and the headers read-only (never the body),
+//!   apply the rules and send a decision keyed by (queue ID, inode).
+//! * The scheduler owns the mover. It acts on decisions that are due at
+//!   once and keeps a heap of future due times; every action goes through
+//!   the gate again. No state is kept outside the spool: a restart scans
+//!   and decides again, and due times are read again from the messages.
+//!
+//! Signals: SIGTERM/SIGINT finish the move in progress and exit; SIGHUP
+//! reloads the rules and rescans. Logs: one line per decision that changes
+//! something, beginning with the queue ID.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::fs::File;
+use std::io::BufReader;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use queue_format::queue_file::{Lines, read_envelope};
+use queue_format::reader::{Mode, Reader};
+
+use crate::commands::{self, Action, RunOpts, Triggers};
+use crate::config::Config;
+use crate::error::Fatal;
+use crate::rules::{Facts, Rules, Verdict};
+use crate::spool::{Location, Spool};
+
+/// Daemon options.
+#[derive(Debug, Clone)]
+pub struct WatchOpts {
+    /// Rules file; the default rules when `None`.
+    pub rules: Option<PathBuf>,
+    /// Interval of the safety-net full scan.
+    pub scan_interval: Duration,
+    /// Parser threads.
+    pub workers: usize,
+    /// Log to syslog (`/dev/log`) instead of stderr.
+    pub syslog: bool,
+    /// Drop root privileges to mail_owner after start.
+    pub drop_privileges: bool,
+}
+
+/// What the scheduler decided for one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Where the message is.
+    pub loc: Location,
+    /// Its inode: short IDs repeat, so (ID, inode) is the key.
+    pub ino: u64,
+    /// What to do.
+    pub verdict: Verdict,
+    /// Due time (seconds) for scheduled releases.
+    pub due: Option<i64>,
+    /// Why, for the log (`rule=..., reason=...`).
+    pub reason: String,
+    /// Seconds on hold when decided.
+    pub held: u64,
+    /// When it was decided (seconds), to report the time on hold later.
+    pub decided: i64,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Writes log lines in Postfix's style.
+#[derive(Debug, Clone)]
+pub struct Logger {
+    syslog: Option<Arc<std::os::unix::net::UnixDatagram>>,
+}
+
+impl Logger {
+    /// A logger to syslog when asked and possible, else stderr.
+    pub fn new(syslog: bool) -> Logger {
+        let sock = syslog
+            .then(|| {
+                let s = std::os::unix::net::UnixDatagram::unbound().ok()?;
+                s.connect("/dev/log").ok()?;
+                Some(Arc::new(s))
+            })
+            .flatten();
+        Logger { syslog: sock }
+    }
+
+    /// Logs one line (`posthold[PID]: ` is prepended).
+    pub fn log(&self, line: &str) {
+        let pid = std::process::id();
+        match &self.syslog {
+            // facility mail (2), severity info (6): <22>
+            Some(s) => {
+                let _ = s.send(format!("<22>posthold[{pid}]: {line}").as_bytes());
+            }
+            None => eprintln!("posthold[{pid}]: {line}"),
+        }
+    }
+}
+
+/// Reads what the rules need from a held file, read-only. `None` when the
+/// file is gone, not committed, or unreadable (a later event or scan
+/// brings it back).
+pub fn facts_of(
+    cfg: &Config,
+    loc: &Location,
+    max_age_cap: u64,
+) -> Option<(u64, Facts, Option<i64>)> {
+    let path = cfg.queue_directory.join(loc.path());
+    let meta = std::fs::symlink_metadata(&path).ok()?;
+    if !meta.file_type().is_file() || meta.mode() & 0o700 != 0o700 {
+        return None;
+    }
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+        .ok()?;
+    let st = nix::sys::stat::fstat(file.as_fd()).ok()?;
+    if st.st_ino != meta.ino() {
+        return None;
+    }
+    let mut rd = Reader::with_len(BufReader::new(&file), st.st_size as u64, Mode::LOGICAL);
+    let env = read_envelope(&mut rd).ok()?;
+    env.check_complete().ok()?;
+    let mut facts = Facts {
+        sender: String::from_utf8_lossy(env.sender.as_deref().unwrap_or_default()).into_owned(),
+        recipients: env
+            .recipients
+            .iter()
+            .filter(|r| r.state == queue_format::queue_file::RecipientState::Todo)
+            .map(|r| String::from_utf8_lossy(&r.address).into_owned())
+            .collect(),
+        size: env.size.map_or(0, |s| s.data_size),
+        age: (now() - env.expiry_base().unwrap_or(now())).max(0) as u64,
+        held: (now() - meta.ctime()).clamp(0, max_age_cap as i64) as u64,
+        headers: Vec::new(),
+    };
+    // Headers only: stop at the first body line.
+    let mut lines = Lines::new(&mut rd, env.content_offset?).ok()?;
+    while let Ok(Some(l)) = lines.next_line() {
+        if !l.in_header {
+            break;
+        }
+        let text = String::from_utf8_lossy(&l.text).into_owned();
+        if text.starts_with([' ', '\t']) {
+            if let Some(last) = facts.headers.last_mut() {
+                last.1.push(' ');
+                last.1.push_str(text.trim());
+            }
+        } else if let Some((n, v)) = text.split_once(':') {
+            facts
+                .headers
+                .push((n.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    Some((st.st_ino, facts, env.expiry_base()))
+}
+
+/// Applies the rules to a file: the decision, or `None` if it is not ready.
+pub fn decide(cfg: &Config, rules: &Rules, loc: &Location) -> Option<Decision> {
+    let (ino, facts, _) = facts_of(cfg, loc, u64::MAX / 2)?;
+    let mut d = Decision {
+        loc: loc.clone(),
+        ino,
+        verdict: Verdict::Keep,
+        due: None,
+        reason: "reason=no-rule".into(),
+        held: facts.held,
+        decided: now(),
+    };
+    let Some(rule) = rules.decide(&facts) else {
+        return Some(d);
+    };
+    d.reason = format!("reason=rule, rule={}", rule.name);
+    d.verdict = rule.verdict.clone();
+    if let Verdict::ReleaseAt(h) = &rule.verdict {
+        let value = facts.header(h).unwrap_or("");
+        match crate::deliver_at::parse(value) {
+            None => {
+                d.verdict = rules.on_bad_date.clone();
+                d.reason = format!(
+                    "reason=bad-date, rule={}, {h}={:?}",
+                    rule.name,
+                    value.chars().take(80).collect::<String>()
+                );
+            }
+            Some(t) if t.timestamp() > now() + rules.horizon as i64 => {
+                d.verdict = rules.on_bad_date.clone();
+                d.reason = format!(
+                    "reason=beyond-horizon, rule={}, {h}={}",
+                    rule.name,
+                    t.to_rfc3339()
+                );
+            }
+            Some(t) => {
+                d.due = Some(t.timestamp());
+                d.reason = format!("reason={}, rule={}", h.to_ascii_lowercase(), rule.name);
+            }
+        }
+    }
+    Some(d)
+}
+
+enum Work {
+    Look(Location),
+}
+
+fn scan_hold(spool_cfg: &Config, tx: &Sender<Work>, stop: &AtomicBool) {
+    let mut dirs = vec!["hold".to_string()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(rd) = std::fs::read_dir(spool_cfg.queue_directory.join(&dir)) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.len() == 1 && e.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(format!("{dir}/{name}"));
+            } else if queue_format::queue_id::is_legal(&name) {
+                let _ = tx.send(Work::Look(Location {
+                    queue: "hold".into(),
+                    dir: dir.clone(),
+                    id: name,
+                }));
+            }
+        }
+    }
+}
+
+fn watcher(
+    cfg: Config,
+    tx: Sender<Work>,
+    stop: Arc<AtomicBool>,
+    rescan: Arc<AtomicBool>,
+    interval: Duration,
+    log: Logger,
+) {
+    let flags = AddWatchFlags::IN_MOVED_TO
+        | AddWatchFlags::IN_ATTRIB
+        | AddWatchFlags::IN_CLOSE_WRITE
+        | AddWatchFlags::IN_CREATE;
+    let ino = match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) {
+        Ok(i) => i,
+        Err(e) => {
+            log.log(&format!("fatal: inotify: {e}"));
+            stop.store(true, Ordering::Relaxed);
+            return;
+        }
+    };
+    let mut wds: HashMap<nix::sys::inotify::WatchDescriptor, String> = HashMap::new();
+    let add = |wds: &mut HashMap<_, _>, rel: &str| {
+        if let Ok(wd) = ino.add_watch(&cfg.queue_directory.join(rel), flags) {
+            wds.insert(wd, rel.to_string());
+        }
+    };
+    add(&mut wds, "hold");
+    if let Ok(rd) = std::fs::read_dir(cfg.queue_directory.join("hold")) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.len() == 1 && e.file_type().is_ok_and(|t| t.is_dir()) {
+                add(&mut wds, &format!("hold/{n}"));
+            }
+        }
+    }
+    let mut next_scan = Instant::now();
+    rescan.store(true, Ordering::Relaxed);
+    while !stop.load(Ordering::Relaxed) {
+        if rescan.swap(false, Ordering::Relaxed) || Instant::now() >= next_scan {
+            scan_hold(&cfg, &tx, &stop);
+            next_scan = Instant::now() + interval;
+        }
+        let mut fds = [PollFd::new(ino.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, PollTimeout::from(250u16));
+        let Ok(events) = ino.read_events() else {
+            continue;
+        };
+        for ev in events {
+            if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                rescan.store(true, Ordering::Relaxed);
+                continue;
+            }
+            let (Some(dir), Some(name)) = (wds.get(&ev.wd).cloned(), ev.name) else {
+                continue;
+            };
+            let name = name.to_string_lossy().into_owned();
+            if ev.mask.contains(AddWatchFlags::IN_ISDIR) {
+                if name.len() == 1 {
+                    add(&mut wds, &format!("{dir}/{name}"));
+                    rescan.store(true, Ordering::Relaxed);
+                }
+                continue;
+            }
+            if queue_format::queue_id::is_legal(&name) {
+                let _ = tx.send(Work::Look(Location {
+                    queue: "hold".into(),
+                    dir,
+                    id: name,
+                }));
+            }
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT; returns the exit status.
+pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
+    let log = Logger::new(opts.syslog);
+    let rules = Arc::new(RwLock::new(Rules::load(opts.rules.as_deref())?));
+    let spool = Spool::open(cfg.clone())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .map_err(|e| Fatal::config(format!("signal: {e}")))?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
+        .map_err(|e| Fatal::config(format!("signal: {e}")))?;
+    if opts.drop_privileges && nix::unistd::geteuid().is_root() {
+        let (uid, gid) = spool.owner;
+        nix::unistd::setgroups(&[]).map_err(|e| Fatal::config(format!("setgroups: {e}")))?;
+        nix::unistd::setgid(nix::unistd::Gid::from_raw(gid))
+            .map_err(|e| Fatal::config(format!("setgid: {e}")))?;
+        nix::unistd::setuid(nix::unistd::Uid::from_raw(uid))
+            .map_err(|e| Fatal::config(format!("setuid: {e}")))?;
+    }
+    log.log(&format!(
+        "starting: queue {}, {} rules, scan every {}s",
+        cfg.queue_directory.display(),
+        rules.read().map(|r| r.rules.len()).unwrap_or(0),
+        opts.scan_interval.as_secs()
+    ));
+
+    let (work_tx, work_rx): (Sender<Work>, Receiver<Work>) = bounded(4096);
+    let (dec_tx, dec_rx): (Sender<Decision>, Receiver<Decision>) = bounded(4096);
+    let rescan = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    {
+        let (cfg, stop, rescan, log) = (
+            cfg.clone(),
+            Arc::clone(&stop),
+            Arc::clone(&rescan),
+            log.clone(),
+        );
+        let tx = work_tx.clone();
+        let interval = opts.scan_interval;
+        threads.push(std::thread::spawn(move || {
+            watcher(cfg, tx, stop, rescan, interval, log)
+        }));
+    }
+    drop(work_tx);
+    for _ in 0..opts.workers.max(1) {
+        let (cfg, rx, tx, rules) = (
+            cfg.clone(),
+            work_rx.clone(),
+            dec_tx.clone(),
+            Arc::clone(&rules),
+        );
+        threads.push(std::thread::spawn(move || {
+            for Work::Look(loc) in rx.iter() {
+                let r = rules.read().expect("BUG: rules lock poisoned").clone();
+                if let Some(d) = decide(&cfg, &r, &loc)
+                    && tx.send(d).is_err()
+                {
+                    return;
+                }
+            }
+        }));
+    }
+    drop(dec_tx);
+
+    // The scheduler and mover.
+    let mut known: HashMap<(String, u64), (Verdict, Option<i64>)> = HashMap::new();
+    let mut heap: BinaryHeap<Reverse<(i64, String, u64)>> = BinaryHeap::new();
+    let mut scheduled: HashMap<(String, u64), Decision> = HashMap::new();
+    let mut trig = Triggers::default();
+    let requeue_after = || rules.read().map(|r| r.requeue_after).unwrap_or(None);
+    let perform = |d: &Decision, trig: &mut Triggers| {
+        let action = match &d.verdict {
+            Verdict::Release | Verdict::ReleaseAt(_) => Action::Release {
+                to: None,
+                old_after: requeue_after(),
+            },
+            Verdict::Requeue => Action::Requeue,
+            Verdict::Expire => Action::Expire { release: true },
+            Verdict::Quarantine => Action::Quarantine,
+            Verdict::Keep => return,
+        };
+        let o = commands::act(&spool, &action, &d.loc, RunOpts::default(), trig);
+        let due = d
+            .due
+            .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+            .map(|t| format!(", due={}", t.to_rfc3339()))
+            .unwrap_or_default();
+        let held = d.held as i64 + (now() - d.decided).max(0);
+        log.log(&format!(
+            "{}: {}, {}{due}, held={held}s: {}",
+            d.loc.id,
+            action.name(),
+            d.reason,
+            o.what
+        ));
+        trig.send(&spool.cfg);
+        let _ = spool.sync_dirs();
+    };
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if hup.swap(false, Ordering::Relaxed) {
+            match Rules::load(opts.rules.as_deref()) {
+                Ok(r) => {
+                    *rules.write().expect("BUG: rules lock poisoned") = r;
+                    known.clear();
+                    scheduled.clear();
+                    heap.clear();
+                    rescan.store(true, Ordering::Relaxed);
+                    log.log("rules reloaded");
+                }
+                Err(e) => log.log(&format!("warning: rules not reloaded: {e}")),
+            }
+        }
+        // Act on what is due.
+        while let Some(Reverse((due_ms, id, ino))) = heap.peek().cloned() {
+            if due_ms > now_ms() || stop.load(Ordering::Relaxed) {
+                break;
+            }
+            heap.pop();
+            if let Some(d) = scheduled.remove(&(id.clone(), ino)) {
+                perform(&d, &mut trig);
+                known.remove(&(id, ino));
+            }
+        }
+        let wait = heap
+            .peek()
+            .map(|Reverse((t, _, _))| (t - now_ms()).clamp(0, 250) as u64)
+            .unwrap_or(250);
+        let d = match dec_rx.recv_timeout(Duration::from_millis(wait)) {
+            Ok(d) => d,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        };
+        let key = (d.loc.id.clone(), d.ino);
+        let summary = (d.verdict.clone(), d.due);
+        if known.get(&key) == Some(&summary) {
+            continue; // already decided the same way
+        }
+        known.insert(key.clone(), summary);
+        match (&d.verdict, d.due) {
+            (Verdict::Keep, _) => {
+                scheduled.remove(&key);
+                log.log(&format!(
+                    "{}: keep, {}, held={}s",
+                    d.loc.id, d.reason, d.held
+                ));
+            }
+            (Verdict::ReleaseAt(_), Some(due)) if due > now() => {
+                log.log(&format!(
+                    "{}: scheduled, {}, due={}",
+                    d.loc.id,
+                    d.reason,
+                    chrono::DateTime::from_timestamp(due, 0)
+                        .map(|t| t.to_rfc3339())
+                        .unwrap_or_default()
+                ));
+                heap.push(Reverse((due * 1000, key.0.clone(), key.1)));
+                scheduled.insert(key, d);
+            }
+            _ => {
+                perform(&d, &mut trig);
+                known.remove(&key);
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    log.log(&format!(
+        "stopping: {} scheduled releases left to the next start",
+        scheduled.len()
+    ));
+    drop(dec_rx);
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(0)
+}
