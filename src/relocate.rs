@@ -199,7 +199,14 @@ pub fn move_to(
         Ok(s) if s.st_dev == adm.st.st_dev && s.st_ino == adm.st.st_ino => {}
         _ => return Err(MoveError::Raced(loc)),
     }
-    // 4. S3/S4: the rename itself, never overwriting.
+    // 4. Release posthold's flock before the file becomes visible in its
+    //    new queue: a qmgr scanning incoming or deferred that met our lock
+    //    would log "skipped, still being delivered" and push the file's
+    //    mtime 60 s into the future. Another posthold process that admits
+    //    the file now can only lose the race below (ENOENT or a changed
+    //    inode), since the rename is atomic and never replaces.
+    let _ = adm.file.unlock();
+    // 5. S3/S4: the rename itself, never overwriting.
     match renameat2(&*src, id, &*dst, id, RenameFlags::RENAME_NOREPLACE) {
         Ok(()) => {}
         Err(Errno::EEXIST) => return Err(MoveError::Exists(loc)),
@@ -208,7 +215,7 @@ pub fn move_to(
         Err(Errno::ENOENT) => return Err(MoveError::Raced(loc)),
         Err(e) => return Err(MoveError::Io(loc, format!("rename: {e}"))),
     }
-    // 5. The target name now refers to the same inode (name and ID agree).
+    // 6. The target name now refers to the same inode (name and ID agree).
     match fstatat(&*dst, id, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(s) if s.st_dev == adm.st.st_dev && s.st_ino == adm.st.st_ino => {}
         _ => {
@@ -218,11 +225,11 @@ pub fn move_to(
             ));
         }
     }
-    // 6. Durability: both directories are fsync'ed by Spool::sync_dirs,
+    // 7. Durability: both directories are fsync'ed by Spool::sync_dirs,
     //    once per command (see there why that keeps every move atomic).
     spool.changed(&to.dir);
     spool.changed(&loc.dir);
-    drop(adm); // releases posthold's flock
+    drop(adm);
     Ok(to)
 }
 

@@ -417,6 +417,9 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
             Verdict::Keep => return,
         };
         let o = commands::act(&spool, &action, &d.loc, RunOpts::default(), trig);
+        if !o.done && o.what.ends_with("no such message") {
+            return; // gone from hold meanwhile (released, or moved by postsuper)
+        }
         let due = d
             .due
             .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
@@ -430,8 +433,13 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
             d.reason,
             o.what
         ));
-        trig.send(&spool.cfg);
-        let _ = spool.sync_dirs();
+    };
+    // Wake-ups and directory syncs once per batch of actions, not per message.
+    let flush = |trig: &mut Triggers| {
+        if trig.qmgr_incoming || trig.qmgr_deferred || trig.pickup {
+            trig.send(&spool.cfg);
+            let _ = spool.sync_dirs();
+        }
     };
     loop {
         if stop.load(Ordering::Relaxed) {
@@ -461,6 +469,7 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
                 known.remove(&(id, ino));
             }
         }
+        flush(&mut trig);
         let wait = heap
             .peek()
             .map(|Reverse((t, _, _))| (t - now_ms()).clamp(0, 250) as u64)
@@ -499,9 +508,13 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
             _ => {
                 perform(&d, &mut trig);
                 known.remove(&key);
+                if dec_rx.is_empty() {
+                    flush(&mut trig);
+                }
             }
         }
     }
+    flush(&mut trig);
     stop.store(true, Ordering::Relaxed);
     log.log(&format!(
         "stopping: {} scheduled releases left to the next start",

@@ -26,3 +26,4 @@ mod fixtures;
 mod model;
 mod mover;
 mod postfix;
+mod watch;

@@ -1,0 +1,325 @@
+//! `posthold watch` end to end on the real Postfix harness: a header_checks
+//! HOLD rule holds mail, the daemon releases it when due, Postfix delivers
+//! it into the delivery directory.
+
+use std::collections::HashMap;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::common::*;
+
+struct Daemon {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Daemon {
+    fn start(pf: &Instance, extra: &[&str]) -> Daemon {
+        let log = pf.dir.path().join(format!("watch-{}.log", now_ms()));
+        let mut c = pf.posthold("watch");
+        c.args(["--scan-interval", "5s"]).args(extra);
+        c.stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        Daemon {
+            child: c.spawn().expect("posthold watch"),
+            log,
+        }
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+    fn term(mut self) -> (Option<i32>, String) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let st = self.child.wait().unwrap();
+        (st.code(), self.log())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
+fn rfc5322(secs: u64) -> String {
+    chrono::DateTime::from_timestamp(secs as i64, 0)
+        .unwrap()
+        .to_rfc2822()
+}
+
+/// Delivered files by the token in their Subject: token -> (count, mtime ms).
+fn delivered_tokens(pf: &Instance) -> HashMap<String, (usize, u128)> {
+    let mut m: HashMap<String, (usize, u128)> = HashMap::new();
+    let dir = pf.dir.path().join("deliver");
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let text = String::from_utf8_lossy(&std::fs::read(e.path()).unwrap()).into_owned();
+        let Some(tok) = text.lines().find_map(|l| l.strip_prefix("Subject: token ")) else {
+            continue;
+        };
+        let mt = e
+            .metadata()
+            .unwrap()
+            .modified()
+            .unwrap()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        let ent = m.entry(tok.trim().to_string()).or_insert((0, mt));
+        ent.0 += 1;
+        ent.1 = ent.1.min(mt);
+    }
+    m
+}
+
+fn wait_until(deadline: Instant, what: &str, mut ok: impl FnMut() -> bool) {
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn scheduled_mail_is_delivered_on_time_and_unchanged_others_stay_held() {
+    assert!(
+        is_root() && have_postfix(),
+        "these tests need root and Postfix: run .ci/run"
+    );
+    let pf = Instance::start(false);
+    let daemon = Daemon::start(&pf, &[]);
+    let t0 = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let due = t0 + 6;
+    for i in 0..4 {
+        let msg = format!(
+            "Subject: token due{i}\nX-Deliver-At: {}\n\nscheduled body {i}\n",
+            rfc5322(due + (i % 2))
+        );
+        pf.send(
+            "sender@posthold.test",
+            &[&format!("user{i}@posthold.test")],
+            msg.as_bytes(),
+        );
+    }
+    pf.send(
+        "sender@posthold.test",
+        &["past@posthold.test"],
+        format!(
+            "Subject: token past\nX-Deliver-At: {}\n\npast due\n",
+            rfc5322(t0 - 3600)
+        )
+        .as_bytes(),
+    );
+    pf.send(
+        "sender@posthold.test",
+        &["held@posthold.test"],
+        b"Subject: token HOLD no date\n\nstays\n",
+    );
+    pf.send(
+        "sender@posthold.test",
+        &["bad@posthold.test"],
+        b"Subject: token baddate\nX-Deliver-At: next tuesday-ish\n\nstays\n",
+    );
+    // While they wait, the scheduled ones are held: keep what postcat shows.
+    wait_until(
+        Instant::now() + Duration::from_secs(20),
+        "scheduled messages held",
+        || pf.held().len() >= 6,
+    );
+    let mut stored = HashMap::new();
+    for id in pf.held() {
+        let mut c = pf.tool("postcat");
+        c.args(["-h", "-b", "-q", &id]);
+        let out = run(c).stdout;
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if let Some(tok) = text.lines().find_map(|l| l.strip_prefix("Subject: token ")) {
+            stored.insert(tok.trim().to_string(), out.clone());
+        }
+    }
+    assert!(
+        delivered_tokens(&pf).keys().all(|k| k == "past"),
+        "nothing scheduled may be delivered before it is due"
+    );
+    wait_until(
+        Instant::now() + Duration::from_secs(30),
+        "deliveries",
+        || delivered_tokens(&pf).len() >= 5,
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let got = delivered_tokens(&pf);
+    for i in 0..4u64 {
+        let (n, at) = got[&format!("due{i}")];
+        assert_eq!(n, 1, "due{i} delivered once");
+        let due_ms = ((due + (i % 2)) * 1000) as u128;
+        assert!(at >= due_ms, "due{i} delivered {} ms early", due_ms - at);
+        assert!(
+            at <= due_ms + 2000,
+            "due{i} delivered {} ms late",
+            at - due_ms
+        );
+        let file = std::fs::read_dir(pf.dir.path().join("deliver"))
+            .unwrap()
+            .flatten()
+            .map(|e| std::fs::read(e.path()).unwrap())
+            .find(|b| String::from_utf8_lossy(b).contains(&format!("Subject: token due{i}\n")))
+            .unwrap();
+        assert!(
+            file.ends_with(&stored[&format!("due{i}")]),
+            "due{i}: content changed"
+        );
+    }
+    assert_eq!(got["past"].0, 1);
+    assert!(!got.contains_key("HOLD no date") && !got.contains_key("baddate"));
+    assert_eq!(pf.held().len(), 2, "undated and malformed stay held");
+    let (code, log) = daemon.term();
+    assert_eq!(code, Some(0), "SIGTERM: clean exit\n{log}");
+    assert!(log.contains("reason=bad-date"), "{log}");
+    assert!(log.contains("stopping"), "{log}");
+    for l in log.lines().filter(|l| l.contains(": release,")) {
+        let id = l.split_whitespace().nth(1).unwrap().trim_end_matches(':');
+        assert!(
+            queue_format::queue_id::is_legal(id),
+            "log lines begin with the queue ID: {l}"
+        );
+    }
+}
+
+/// Old mail (held longer than requeue_after) goes through maildrop, comes
+/// back through header_checks HOLD with a fresh create_time and a past due
+/// time, and is released at once: one loop, one delivery.
+#[test]
+fn old_scheduled_mail_loops_through_maildrop_once() {
+    assert!(
+        is_root() && have_postfix(),
+        "these tests need root and Postfix: run .ci/run"
+    );
+    let pf = Instance::start(false);
+    let rules = pf.dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[settings]\nrequeue_after = \"2s\"\n[[rule]]\nname = \"scheduled\"\nheader = \"X-Deliver-At\"\naction = \"release-at\"\n",
+    )
+    .unwrap();
+    let daemon = Daemon::start(&pf, &["--rules", rules.to_str().unwrap()]);
+    let due = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 4;
+    pf.send(
+        "sender@posthold.test",
+        &["loop@posthold.test"],
+        format!(
+            "Subject: token loop\nX-Deliver-At: {}\n\nloop once\n",
+            rfc5322(due)
+        )
+        .as_bytes(),
+    );
+    wait_until(Instant::now() + Duration::from_secs(30), "delivery", || {
+        delivered_tokens(&pf).contains_key("loop")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let got = delivered_tokens(&pf);
+    assert_eq!(got["loop"].0, 1, "delivered exactly once");
+    let log = daemon.log();
+    assert_eq!(log.matches("moved to maildrop").count(), 1, "{log}");
+    assert_eq!(log.matches("moved to incoming").count(), 1, "{log}");
+    assert!(pf.held().is_empty());
+}
+
+/// A burst of 1,000 scheduled messages; the daemon is SIGKILLed twice and
+/// restarted: every message is delivered exactly once, none lost.
+#[test]
+fn sigkill_during_a_burst_loses_and_duplicates_nothing() {
+    assert!(
+        is_root() && have_postfix(),
+        "these tests need root and Postfix: run .ci/run"
+    );
+    const N: usize = 1000;
+    let pf = Instance::start(false);
+    let mut daemon = Daemon::start(&pf, &[]);
+    let due = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 25;
+    let date = rfc5322(due);
+    std::thread::scope(|s| {
+        for part in 0..4 {
+            let (pf, date) = (&pf, &date);
+            s.spawn(move || {
+                for i in (part..N).step_by(4) {
+                    let msg = format!("Subject: token b{i}\nX-Deliver-At: {date}\n\nburst {i}\n");
+                    pf.send(
+                        "sender@posthold.test",
+                        &["burst@posthold.test"],
+                        msg.as_bytes(),
+                    );
+                }
+            });
+        }
+        // Kill the daemon while mail pours in, and again later.
+        std::thread::sleep(Duration::from_secs(2));
+        std::mem::replace(&mut daemon, Daemon::start(&pf, &[])).kill9();
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    std::mem::replace(&mut daemon, Daemon::start(&pf, &[])).kill9();
+    let daemon = Daemon::start(&pf, &[]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while delivered_tokens(&pf).len() < N {
+        if Instant::now() > deadline {
+            let log = daemon.log();
+            panic!(
+                "{} delivered, {} held, incoming {:?}, deferred? daemon log tail:\n{}\nmaillog tail:\n{}",
+                delivered_tokens(&pf).len(),
+                pf.held().len(),
+                std::fs::read_dir(pf.queue().join("incoming"))
+                    .map(|d| d.count())
+                    .ok(),
+                log.lines().rev().take(15).collect::<Vec<_>>().join("\n"),
+                pf.maillog()
+                    .lines()
+                    .rev()
+                    .take(15)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let got = delivered_tokens(&pf);
+    assert_eq!(got.len(), N, "every message delivered");
+    let dups: Vec<_> = got.iter().filter(|(_, (n, _))| *n != 1).collect();
+    assert!(dups.is_empty(), "delivered more than once: {dups:?}");
+    let early: Vec<_> = got
+        .iter()
+        .filter(|(_, (_, at))| *at < (due * 1000) as u128)
+        .collect();
+    assert!(early.is_empty(), "delivered before due: {}", early.len());
+    assert!(pf.held().is_empty());
+    assert!(
+        !pf.maillog().contains("still being delivered"),
+        "qmgr met a posthold lock: the lock must be gone before the file is visible"
+    );
+    drop(daemon);
+}
