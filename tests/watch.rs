@@ -323,3 +323,88 @@ fn sigkill_during_a_burst_loses_and_duplicates_nothing() {
     );
     drop(daemon);
 }
+
+/// The rules example in README.md is valid, and check-config rejects a bad
+/// file naming the rule.
+#[test]
+fn readme_rules_example_passes_check_config() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let start = readme
+        .find("### Rules file")
+        .expect("README has a rules section");
+    let block = &readme[start..];
+    let body = block
+        .split("```toml\n")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("rules.toml");
+    std::fs::write(&p, body).unwrap();
+    let mut c = posthold();
+    c.arg("check-config").arg(&p);
+    let o = run(c);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("1. spam test: Quarantine"));
+    std::fs::write(
+        &p,
+        "[[rule]]\nname = \"x\"\nsender = \"(\"\naction = \"keep\"\n",
+    )
+    .unwrap();
+    let mut c = posthold();
+    c.arg("check-config").arg(&p);
+    let o = run(c);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("x: sender"));
+}
+
+/// SIGHUP reloads the rules and the new rules apply to mail already held.
+#[test]
+fn sighup_reloads_rules() {
+    assert!(
+        is_root() && have_postfix(),
+        "these tests need root and Postfix: run .ci/run"
+    );
+    let pf = Instance::start(false);
+    let rules = pf.dir.path().join("rules.toml");
+    std::fs::write(&rules, "[[rule]]\nname = \"all\"\naction = \"keep\"\n").unwrap();
+    let daemon = Daemon::start(&pf, &["--rules", rules.to_str().unwrap()]);
+    let past = rfc5322(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            - 60,
+    );
+    pf.send(
+        "sender@posthold.test",
+        &["hup@posthold.test"],
+        format!("Subject: token hup\nX-Deliver-At: {past}\n\nreload\n").as_bytes(),
+    );
+    pf.wait_held(1);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(delivered_tokens(&pf).is_empty(), "the keep rule keeps it");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nheader = \"X-Deliver-At\"\naction = \"release-at\"\n",
+    )
+    .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    wait_until(
+        Instant::now() + Duration::from_secs(20),
+        "delivery after SIGHUP",
+        || delivered_tokens(&pf).contains_key("hup"),
+    );
+    assert!(daemon.log().contains("rules reloaded"));
+}
