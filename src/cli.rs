@@ -64,6 +64,8 @@ enum Command {
     Watch(WatchArgs),
     /// Check a rules file and print the rules in order.
     CheckConfig(CheckConfigArgs),
+    /// Summary of a running daemon (from its metrics endpoint).
+    Status(StatusArgs),
 }
 
 #[derive(Debug, Args)]
@@ -85,6 +87,16 @@ struct WatchArgs {
     /// Keep running as root (default: drop to mail_owner after start).
     #[arg(long)]
     no_drop_privileges: bool,
+    /// Serve Prometheus metrics on this loopback address (e.g. 127.0.0.1:9142).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// The daemon's metrics address.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9142")]
+    metrics: String,
 }
 
 #[derive(Debug, Args)]
@@ -304,6 +316,11 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32
         Command::Restore(a) => run_moves(&a, commands::Action::Restore, false, &mut out),
         Command::Watch(a) => (|| {
             let interval = duration(&a.scan_interval, "--scan-interval")?;
+            let metrics = a
+                .metrics
+                .as_deref()
+                .map(crate::metrics::parse_addr)
+                .transpose()?;
             let cfg = a.common.load()?;
             crate::watch::run(
                 cfg,
@@ -313,9 +330,12 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32
                     workers: a.workers,
                     syslog: a.syslog,
                     drop_privileges: !a.no_drop_privileges,
+                    metrics,
                 },
             )
         })(),
+        Command::Status(a) => crate::metrics::parse_addr(&a.metrics)
+            .and_then(|addr| crate::metrics::status(addr, &mut out)),
         Command::CheckConfig(a) => crate::rules::Rules::load(a.rules.as_deref()).and_then(|r| {
             for (i, rule) in r.rules.iter().enumerate() {
                 writeln!(out, "{}. {}: {:?}", i + 1, rule.name, rule.verdict)

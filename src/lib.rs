@@ -15,6 +15,7 @@ pub mod config;
 pub mod deliver_at;
 pub mod error;
 pub mod list;
+pub mod metrics;
 pub mod relocate;
 pub mod rules;
 pub mod spool;

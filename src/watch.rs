@@ -60,6 +60,8 @@ pub struct WatchOpts {
     pub syslog: bool,
     /// Drop root privileges to mail_owner after start.
     pub drop_privileges: bool,
+    /// Serve Prometheus metrics on this loopback address.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// What the scheduler decided for one message.
@@ -361,6 +363,16 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
         opts.scan_interval.as_secs()
     ));
 
+    let shared = Arc::new(std::sync::Mutex::new(crate::metrics::Shared::default()));
+    let metrics_thread = match opts.metrics {
+        Some(addr) => Some(crate::metrics::serve(
+            addr,
+            cfg.clone(),
+            Arc::clone(&shared),
+            Arc::clone(&stop),
+        )?),
+        None => None,
+    };
     let (work_tx, work_rx): (Sender<Work>, Receiver<Work>) = bounded(4096);
     let (dec_tx, dec_rx): (Sender<Decision>, Receiver<Decision>) = bounded(4096);
     let rescan = Arc::new(AtomicBool::new(false));
@@ -403,6 +415,7 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
     let mut known: HashMap<(String, u64), (Verdict, Option<i64>)> = HashMap::new();
     let mut heap: BinaryHeap<Reverse<(i64, String, u64)>> = BinaryHeap::new();
     let mut scheduled: HashMap<(String, u64), Decision> = HashMap::new();
+    let mut bad: std::collections::HashSet<(String, u64)> = std::collections::HashSet::new();
     let mut trig = Triggers::default();
     let requeue_after = || rules.read().map(|r| r.requeue_after).unwrap_or(None);
     let perform = |d: &Decision, trig: &mut Triggers| {
@@ -419,6 +432,22 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
         let o = commands::act(&spool, &action, &d.loc, RunOpts::default(), trig);
         if !o.done && o.what.ends_with("no such message") {
             return; // gone from hold meanwhile (released, or moved by postsuper)
+        }
+        {
+            let mut m = shared.lock().expect("BUG: metrics lock poisoned");
+            if o.done {
+                let reason = d
+                    .reason
+                    .strip_prefix("reason=")
+                    .and_then(|r| r.split(',').next())
+                    .unwrap_or("rule")
+                    .to_string();
+                *m.actions
+                    .entry((action.name().to_string(), reason))
+                    .or_insert(0) += 1;
+            } else {
+                m.errors += 1;
+            }
         }
         let due = d
             .due
@@ -441,15 +470,35 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
             let _ = spool.sync_dirs();
         }
     };
+    let mut next_gc = Instant::now() + opts.scan_interval;
     loop {
         if stop.load(Ordering::Relaxed) {
             break;
+        }
+        {
+            let mut m = shared.lock().expect("BUG: metrics lock poisoned");
+            m.scheduled = scheduled.len();
+            m.next_due = heap.peek().map(|Reverse((t, _, _))| t / 1000);
+            m.bad_dates = known.keys().filter(|k| bad.contains(*k)).count();
+        }
+        // Forget decisions about messages that left hold by other means
+        // (postsuper, an administrator): memory stays proportional to hold.
+        if Instant::now() >= next_gc {
+            let qd = &spool.cfg.queue_directory;
+            let gone = |(id, ino): &(String, u64)| {
+                let dir = spool.queue_dir("hold", id);
+                std::fs::symlink_metadata(qd.join(dir).join(id)).map_or(true, |m| m.ino() != *ino)
+            };
+            known.retain(|k, _| !gone(k));
+            bad.retain(|k| known.contains_key(k));
+            next_gc = Instant::now() + opts.scan_interval;
         }
         if hup.swap(false, Ordering::Relaxed) {
             match Rules::load(opts.rules.as_deref()) {
                 Ok(r) => {
                     *rules.write().expect("BUG: rules lock poisoned") = r;
                     known.clear();
+                    bad.clear();
                     scheduled.clear();
                     heap.clear();
                     rescan.store(true, Ordering::Relaxed);
@@ -488,6 +537,11 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
         match (&d.verdict, d.due) {
             (Verdict::Keep, _) => {
                 scheduled.remove(&key);
+                if d.reason.starts_with("reason=bad-date")
+                    || d.reason.starts_with("reason=beyond-horizon")
+                {
+                    bad.insert(key.clone());
+                }
                 log.log(&format!(
                     "{}: keep, {}, held={}s",
                     d.loc.id, d.reason, d.held
@@ -522,6 +576,9 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
     ));
     drop(dec_rx);
     for t in threads {
+        let _ = t.join();
+    }
+    if let Some(t) = metrics_thread {
         let _ = t.join();
     }
     Ok(0)

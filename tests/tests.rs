@@ -12,7 +12,10 @@
 //!   (real files, inodes, renames, flock and fcntl locks, a tmpfs mount);
 //! * `crash`: posthold processes SIGKILLed during bulk moves of 10,000 files;
 //! * `model`: a proptest state machine of Postfix actors, posthold and
-//!   crashes, with the spool invariants checked after every step.
+//!   crashes, with the spool invariants checked after every step;
+//! * `watch`: the daemon end to end on a real Postfix: on-time delivery,
+//!   the maildrop loop, SIGKILL during a 1,000-message burst, SIGHUP,
+//!   metrics and status, the README's rules example.
 
 // Tests play Postfix (creating, committing, renaming queue files) and the
 // administrator; only posthold itself is bound to relocate (clippy.toml).

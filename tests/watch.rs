@@ -103,7 +103,12 @@ fn scheduled_mail_is_delivered_on_time_and_unchanged_others_stay_held() {
         "these tests need root and Postfix: run .ci/run"
     );
     let pf = Instance::start(false);
-    let daemon = Daemon::start(&pf, &[]);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let daemon = Daemon::start(&pf, &["--metrics", &addr]);
     let t0 = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -159,6 +164,23 @@ fn scheduled_mail_is_delivered_on_time_and_unchanged_others_stay_held() {
         delivered_tokens(&pf).keys().all(|k| k == "past"),
         "nothing scheduled may be delivered before it is due"
     );
+    // posthold status reads the daemon's metrics.
+    let status = |addr: &str| {
+        let mut c = posthold();
+        c.args(["status", "--metrics", addr]);
+        let o = run(c);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let st = status(&addr);
+    assert!(st.contains("scheduled:   4"), "{st}");
+    assert!(st.contains("hold depth:  6"), "{st}");
+    assert!(st.contains("bad dates:   1"), "{st}");
     wait_until(
         Instant::now() + Duration::from_secs(30),
         "deliveries",
@@ -190,6 +212,15 @@ fn scheduled_mail_is_delivered_on_time_and_unchanged_others_stay_held() {
     assert_eq!(got["past"].0, 1);
     assert!(!got.contains_key("HOLD no date") && !got.contains_key("baddate"));
     assert_eq!(pf.held().len(), 2, "undated and malformed stay held");
+    let st = status(&addr);
+    assert!(
+        st.contains("scheduled:   0") && st.contains("hold depth:  2"),
+        "{st}"
+    );
+    assert!(
+        st.contains("{action=\"release\",reason=\"x-deliver-at\"} 5"),
+        "{st}"
+    );
     let (code, log) = daemon.term();
     assert_eq!(code, Some(0), "SIGTERM: clean exit\n{log}");
     assert!(log.contains("reason=bad-date"), "{log}");

@@ -1,0 +1,218 @@
+//! Prometheus metrics for `posthold watch`, served on a loopback address,
+//! and what `posthold status` reads back.
+//!
+//! Gauges that describe the spool (hold depth, held-age histogram) are
+//! computed from the spool at scrape time, so they are true even for mail
+//! that Postfix or an administrator moved meanwhile; the daemon's own state
+//! (scheduled releases, next due time, actions, errors) is shared with the
+//! scheduler.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::error::Fatal;
+
+/// Daemon state shared with the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Scheduled releases waiting for their due time.
+    pub scheduled: usize,
+    /// The earliest due time (seconds), if any.
+    pub next_due: Option<i64>,
+    /// Messages kept because of a bad date (unparsable, empty, too far).
+    pub bad_dates: usize,
+    /// Actions done, by (action, reason).
+    pub actions: BTreeMap<(String, String), u64>,
+    /// Actions that failed (the message stayed where it was).
+    pub errors: u64,
+}
+
+/// Upper bounds (seconds) of the held-age histogram buckets.
+pub const AGE_BUCKETS: &[u64] = &[60, 600, 3600, 6 * 3600, 86400, 3 * 86400, 7 * 86400];
+
+fn hold_ages(cfg: &Config, now: i64) -> Vec<u64> {
+    let mut ages = Vec::new();
+    let mut dirs = vec![cfg.queue_directory.join("hold")];
+    while let Some(d) = dirs.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            let name = e.file_name();
+            if m.is_dir() && name.len() == 1 {
+                dirs.push(e.path());
+            } else if m.is_file() && m.mode() & 0o700 == 0o700 {
+                ages.push((now - m.ctime()).max(0) as u64);
+            }
+        }
+    }
+    ages
+}
+
+/// The metrics text (Prometheus exposition format 0.0.4).
+pub fn render(cfg: &Config, shared: &Shared, now: i64) -> String {
+    let ages = hold_ages(cfg, now);
+    let mut s = String::new();
+    s.push_str("# HELP posthold_hold_depth Committed messages in the hold queue.\n# TYPE posthold_hold_depth gauge\n");
+    s.push_str(&format!("posthold_hold_depth {}\n", ages.len()));
+    s.push_str("# HELP posthold_held_age_seconds Time on hold of the messages in the hold queue.\n# TYPE posthold_held_age_seconds histogram\n");
+    for b in AGE_BUCKETS {
+        let n = ages.iter().filter(|a| **a <= *b).count();
+        s.push_str(&format!(
+            "posthold_held_age_seconds_bucket{{le=\"{b}\"}} {n}\n"
+        ));
+    }
+    s.push_str(&format!(
+        "posthold_held_age_seconds_bucket{{le=\"+Inf\"}} {}\n",
+        ages.len()
+    ));
+    s.push_str(&format!(
+        "posthold_held_age_seconds_sum {}\n",
+        ages.iter().sum::<u64>()
+    ));
+    s.push_str(&format!("posthold_held_age_seconds_count {}\n", ages.len()));
+    s.push_str("# HELP posthold_scheduled Releases waiting for their due time.\n# TYPE posthold_scheduled gauge\n");
+    s.push_str(&format!("posthold_scheduled {}\n", shared.scheduled));
+    s.push_str("# HELP posthold_next_due_timestamp_seconds Earliest scheduled due time (0: none).\n# TYPE posthold_next_due_timestamp_seconds gauge\n");
+    s.push_str(&format!(
+        "posthold_next_due_timestamp_seconds {}\n",
+        shared.next_due.unwrap_or(0)
+    ));
+    s.push_str("# HELP posthold_bad_dates Messages kept because their due date is unusable.\n# TYPE posthold_bad_dates gauge\n");
+    s.push_str(&format!("posthold_bad_dates {}\n", shared.bad_dates));
+    s.push_str("# HELP posthold_actions_total Actions done, by action and reason.\n# TYPE posthold_actions_total counter\n");
+    for ((a, r), n) in &shared.actions {
+        s.push_str(&format!(
+            "posthold_actions_total{{action=\"{a}\",reason=\"{r}\"}} {n}\n"
+        ));
+    }
+    s.push_str("# HELP posthold_errors_total Actions that could not be done.\n# TYPE posthold_errors_total counter\n");
+    s.push_str(&format!("posthold_errors_total {}\n", shared.errors));
+    s
+}
+
+/// Parses and checks a metrics address: loopback only.
+pub fn parse_addr(a: &str) -> Result<SocketAddr, Fatal> {
+    let addr: SocketAddr = a
+        .parse()
+        .map_err(|e| Fatal::config(format!("--metrics {a}: {e} (use e.g. 127.0.0.1:9142)")))?;
+    if !addr.ip().is_loopback() {
+        return Err(Fatal::config(format!(
+            "--metrics {a}: only loopback addresses are served"
+        )));
+    }
+    Ok(addr)
+}
+
+fn serve_one(mut c: TcpStream, cfg: &Config, shared: &Mutex<Shared>) {
+    let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut line = String::new();
+    let mut r = BufReader::new(match c.try_clone() {
+        Ok(c) => c,
+        Err(_) => return,
+    });
+    if r.read_line(&mut line).is_err() {
+        return;
+    }
+    // Drain the request headers.
+    let mut h = String::new();
+    while r.read_line(&mut h).is_ok_and(|n| n > 2) {
+        h.clear();
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let resp = if line.starts_with("GET /metrics ") {
+        let body = {
+            let g = shared.lock().expect("BUG: metrics lock poisoned");
+            render(cfg, &g, now)
+        };
+        format!(
+            "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    } else {
+        "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_string()
+    };
+    let _ = c.write_all(resp.as_bytes());
+}
+
+/// Serves metrics on `addr` until `stop` is set.
+pub fn serve(
+    addr: SocketAddr,
+    cfg: Config,
+    shared: Arc<Mutex<Shared>>,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, Fatal> {
+    let l = TcpListener::bind(addr).map_err(|e| Fatal::config(format!("--metrics {addr}: {e}")))?;
+    l.set_nonblocking(true)
+        .map_err(|e| Fatal::config(format!("--metrics {addr}: {e}")))?;
+    Ok(std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((c, _)) => {
+                    let _ = c.set_nonblocking(false);
+                    serve_one(c, &cfg, &shared);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }))
+}
+
+/// Fetches the metrics text from a running daemon.
+pub fn fetch(addr: SocketAddr) -> Result<String, Fatal> {
+    let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| {
+        Fatal::runtime(format!(
+            "{addr}: {e} (is posthold watch running with --metrics {addr}?)"
+        ))
+    })?;
+    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+    c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .map_err(|e| Fatal::runtime(format!("{addr}: {e}")))?;
+    let mut text = String::new();
+    c.read_to_string(&mut text)
+        .map_err(|e| Fatal::runtime(format!("{addr}: {e}")))?;
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .ok_or_else(|| Fatal::runtime(format!("{addr}: malformed reply")))
+}
+
+/// `posthold status`: a short human summary of the daemon's metrics.
+pub fn status(addr: SocketAddr, out: &mut dyn Write) -> Result<i32, Fatal> {
+    let text = fetch(addr)?;
+    let get = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or("?")
+            .to_string()
+    };
+    let next = get("posthold_next_due_timestamp_seconds");
+    let next = match next.parse::<i64>() {
+        Ok(0) => "none".to_string(),
+        Ok(t) => chrono::DateTime::from_timestamp(t, 0).map_or(next.clone(), |d| d.to_rfc3339()),
+        Err(_) => next,
+    };
+    let w = |e: std::io::Error| Fatal::runtime(format!("write error: {e}"));
+    writeln!(out, "hold depth:  {}", get("posthold_hold_depth")).map_err(w)?;
+    writeln!(out, "scheduled:   {}", get("posthold_scheduled")).map_err(w)?;
+    writeln!(out, "next due:    {next}").map_err(w)?;
+    writeln!(out, "bad dates:   {}", get("posthold_bad_dates")).map_err(w)?;
+    writeln!(out, "errors:      {}", get("posthold_errors_total")).map_err(w)?;
+    for l in text
+        .lines()
+        .filter(|l| l.starts_with("posthold_actions_total{"))
+    {
+        writeln!(out, "{}", l.trim_start_matches("posthold_actions_total")).map_err(w)?;
+    }
+    Ok(0)
+}
