@@ -31,6 +31,47 @@ pub struct Shared {
     pub actions: BTreeMap<(String, String), u64>,
     /// Actions that failed (the message stayed where it was).
     pub errors: u64,
+    /// Commit-to-decision latencies in microseconds (file ctime to the
+    /// scheduler's decision), the most recent ones.
+    pub decision_latency_us: std::collections::VecDeque<u64>,
+    /// Due-to-release lateness in microseconds of scheduled releases.
+    pub release_lateness_us: std::collections::VecDeque<u64>,
+}
+
+fn push_bounded(q: &mut std::collections::VecDeque<u64>, v: u64) {
+    if q.len() == LATENCY_SAMPLES {
+        q.pop_front();
+    }
+    q.push_back(v);
+}
+
+fn quantile(q: &std::collections::VecDeque<u64>, p: f64) -> Option<f64> {
+    if q.is_empty() {
+        return None;
+    }
+    let mut v: Vec<u64> = q.iter().copied().collect();
+    v.sort_unstable();
+    Some(v[((v.len() as f64 - 1.0) * p).round() as usize] as f64 / 1e6)
+}
+
+/// How many latency samples are kept for the quantiles.
+pub const LATENCY_SAMPLES: usize = 10_000;
+
+impl Shared {
+    /// Records one commit-to-decision latency.
+    pub fn record_latency(&mut self, us: u64) {
+        push_bounded(&mut self.decision_latency_us, us);
+    }
+
+    /// Records how late a scheduled release was done after its due time.
+    pub fn record_lateness(&mut self, us: u64) {
+        push_bounded(&mut self.release_lateness_us, us);
+    }
+
+    /// The q-quantile of the recorded decision latencies, in seconds.
+    pub fn latency_quantile(&self, q: f64) -> Option<f64> {
+        quantile(&self.decision_latency_us, q)
+    }
 }
 
 /// Upper bounds (seconds) of the held-age histogram buckets.
@@ -93,6 +134,20 @@ pub fn render(cfg: &Config, shared: &Shared, now: i64) -> String {
             "posthold_actions_total{{action=\"{a}\",reason=\"{r}\"}} {n}\n"
         ));
     }
+    s.push_str("# HELP posthold_decision_latency_seconds Time from a file's commit to the daemon's decision (last 10,000).\n# TYPE posthold_decision_latency_seconds summary\n");
+    for q in [0.5, 0.99] {
+        if let Some(v) = shared.latency_quantile(q) {
+            s.push_str(&format!("posthold_decision_latency_seconds{{quantile=\"{q}\"}} {v:.6}\n"));
+        }
+    }
+    s.push_str(&format!("posthold_decision_latency_seconds_count {}\n", shared.decision_latency_us.len()));
+    s.push_str("# HELP posthold_release_lateness_seconds Time from a due time to the release (last 10,000).\n# TYPE posthold_release_lateness_seconds summary\n");
+    for q in [0.5, 0.99] {
+        if let Some(v) = quantile(&shared.release_lateness_us, q) {
+            s.push_str(&format!("posthold_release_lateness_seconds{{quantile=\"{q}\"}} {v:.6}\n"));
+        }
+    }
+    s.push_str(&format!("posthold_release_lateness_seconds_count {}\n", shared.release_lateness_us.len()));
     s.push_str("# HELP posthold_errors_total Actions that could not be done.\n# TYPE posthold_errors_total counter\n");
     s.push_str(&format!("posthold_errors_total {}\n", shared.errors));
     s

@@ -81,6 +81,8 @@ pub struct Decision {
     pub held: u64,
     /// When it was decided (seconds), to report the time on hold later.
     pub decided: i64,
+    /// The file's ctime (µs): the commit, for the decision-latency metric.
+    pub committed_us: i64,
 }
 
 fn now() -> i64 {
@@ -129,14 +131,15 @@ impl Logger {
     }
 }
 
-/// Reads what the rules need from a held file, read-only. `None` when the
+/// Reads what the rules need from a held file, read-only: its inode, the
+/// facts, and its commit time (ctime, µs). `None` when the
 /// file is gone, not committed, or unreadable (a later event or scan
 /// brings it back).
 pub fn facts_of(
     cfg: &Config,
     loc: &Location,
     max_age_cap: u64,
-) -> Option<(u64, Facts, Option<i64>)> {
+) -> Option<(u64, Facts, i64)> {
     let path = cfg.queue_directory.join(loc.path());
     let meta = std::fs::symlink_metadata(&path).ok()?;
     if !meta.file_type().is_file() || meta.mode() & 0o700 != 0o700 {
@@ -185,12 +188,12 @@ pub fn facts_of(
                 .push((n.trim().to_string(), v.trim().to_string()));
         }
     }
-    Some((st.st_ino, facts, env.expiry_base()))
+    Some((st.st_ino, facts, st.st_ctime * 1_000_000 + st.st_ctime_nsec / 1000))
 }
 
 /// Applies the rules to a file: the decision, or `None` if it is not ready.
 pub fn decide(cfg: &Config, rules: &Rules, loc: &Location) -> Option<Decision> {
-    let (ino, facts, _) = facts_of(cfg, loc, u64::MAX / 2)?;
+    let (ino, facts, committed_us) = facts_of(cfg, loc, u64::MAX / 2)?;
     let mut d = Decision {
         loc: loc.clone(),
         ino,
@@ -199,6 +202,7 @@ pub fn decide(cfg: &Config, rules: &Rules, loc: &Location) -> Option<Decision> {
         reason: "reason=no-rule".into(),
         held: facts.held,
         decided: now(),
+        committed_us,
     };
     let Some(rule) = rules.decide(&facts) else {
         return Some(d);
@@ -435,6 +439,9 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
         }
         {
             let mut m = shared.lock().expect("BUG: metrics lock poisoned");
+            if o.done && let Some(due) = d.due {
+                m.record_lateness((now_ms() - due * 1000).max(0) as u64 * 1000);
+            }
             if o.done {
                 let reason = d
                     .reason
@@ -532,6 +539,10 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
         let summary = (d.verdict.clone(), d.due);
         if known.get(&key) == Some(&summary) {
             continue; // already decided the same way
+        }
+        if !known.contains_key(&key) {
+            let us = (now_ms() * 1000 - d.committed_us).max(0) as u64;
+            shared.lock().expect("BUG: metrics lock poisoned").record_latency(us);
         }
         known.insert(key.clone(), summary);
         match (&d.verdict, d.due) {
