@@ -24,7 +24,8 @@ fn main() {
     let n: usize = args[2].parse().expect("N");
     fs::create_dir_all(&dir).expect("create queue dir");
     // MKSPOOL_DUE: the X-Deliver-At value (default: far in the future).
-    let due = std::env::var("MKSPOOL_DUE").unwrap_or_else(|_| "Thu, 01 Jan 2099 12:00:00 +0000".to_string());
+    let due = std::env::var("MKSPOOL_DUE")
+        .unwrap_or_else(|_| "Thu, 01 Jan 2099 12:00:00 +0000".to_string());
     let body = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.";
     for i in 0..n {
         let mut b = Builder::new(1_795_424_399 + i as i64, format!("sender{i}@example.com"))

@@ -137,17 +137,27 @@ pub fn render(cfg: &Config, shared: &Shared, now: i64) -> String {
     s.push_str("# HELP posthold_decision_latency_seconds Time from a file's commit to the daemon's decision (last 10,000).\n# TYPE posthold_decision_latency_seconds summary\n");
     for q in [0.5, 0.99] {
         if let Some(v) = shared.latency_quantile(q) {
-            s.push_str(&format!("posthold_decision_latency_seconds{{quantile=\"{q}\"}} {v:.6}\n"));
+            s.push_str(&format!(
+                "posthold_decision_latency_seconds{{quantile=\"{q}\"}} {v:.6}\n"
+            ));
         }
     }
-    s.push_str(&format!("posthold_decision_latency_seconds_count {}\n", shared.decision_latency_us.len()));
+    s.push_str(&format!(
+        "posthold_decision_latency_seconds_count {}\n",
+        shared.decision_latency_us.len()
+    ));
     s.push_str("# HELP posthold_release_lateness_seconds Time from a due time to the release (last 10,000).\n# TYPE posthold_release_lateness_seconds summary\n");
     for q in [0.5, 0.99] {
         if let Some(v) = quantile(&shared.release_lateness_us, q) {
-            s.push_str(&format!("posthold_release_lateness_seconds{{quantile=\"{q}\"}} {v:.6}\n"));
+            s.push_str(&format!(
+                "posthold_release_lateness_seconds{{quantile=\"{q}\"}} {v:.6}\n"
+            ));
         }
     }
-    s.push_str(&format!("posthold_release_lateness_seconds_count {}\n", shared.release_lateness_us.len()));
+    s.push_str(&format!(
+        "posthold_release_lateness_seconds_count {}\n",
+        shared.release_lateness_us.len()
+    ));
     s.push_str("# HELP posthold_errors_total Actions that could not be done.\n# TYPE posthold_errors_total counter\n");
     s.push_str(&format!("posthold_errors_total {}\n", shared.errors));
     s

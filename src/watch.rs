@@ -99,10 +99,13 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Writes log lines in Postfix's style.
+/// Writes log lines in Postfix's style. Lines to stderr are buffered and
+/// flushed whenever the daemon is idle (a burst of a million decisions is
+/// not a million write calls).
 #[derive(Debug, Clone)]
 pub struct Logger {
     syslog: Option<Arc<std::os::unix::net::UnixDatagram>>,
+    buf: Arc<std::sync::Mutex<std::io::BufWriter<std::io::Stderr>>>,
 }
 
 impl Logger {
@@ -115,7 +118,20 @@ impl Logger {
                 Some(Arc::new(s))
             })
             .flatten();
-        Logger { syslog: sock }
+        Logger {
+            syslog: sock,
+            buf: Arc::new(std::sync::Mutex::new(std::io::BufWriter::with_capacity(
+                64 * 1024,
+                std::io::stderr(),
+            ))),
+        }
+    }
+
+    /// Writes out buffered lines.
+    pub fn flush(&self) {
+        if let Ok(mut b) = self.buf.lock() {
+            let _ = std::io::Write::flush(&mut *b);
+        }
     }
 
     /// Logs one line (`posthold[PID]: ` is prepended).
@@ -126,7 +142,14 @@ impl Logger {
             Some(s) => {
                 let _ = s.send(format!("<22>posthold[{pid}]: {line}").as_bytes());
             }
-            None => eprintln!("posthold[{pid}]: {line}"),
+            None => {
+                if let Ok(mut b) = self.buf.lock() {
+                    let _ = std::io::Write::write_all(
+                        &mut *b,
+                        format!("posthold[{pid}]: {line}\n").as_bytes(),
+                    );
+                }
+            }
         }
     }
 }
@@ -135,11 +158,7 @@ impl Logger {
 /// facts, and its commit time (ctime, µs). `None` when the
 /// file is gone, not committed, or unreadable (a later event or scan
 /// brings it back).
-pub fn facts_of(
-    cfg: &Config,
-    loc: &Location,
-    max_age_cap: u64,
-) -> Option<(u64, Facts, i64)> {
+pub fn facts_of(cfg: &Config, loc: &Location, max_age_cap: u64) -> Option<(u64, Facts, i64)> {
     let path = cfg.queue_directory.join(loc.path());
     let meta = std::fs::symlink_metadata(&path).ok()?;
     if !meta.file_type().is_file() || meta.mode() & 0o700 != 0o700 {
@@ -188,7 +207,11 @@ pub fn facts_of(
                 .push((n.trim().to_string(), v.trim().to_string()));
         }
     }
-    Some((st.st_ino, facts, st.st_ctime * 1_000_000 + st.st_ctime_nsec / 1000))
+    Some((
+        st.st_ino,
+        facts,
+        st.st_ctime * 1_000_000 + st.st_ctime_nsec / 1000,
+    ))
 }
 
 /// Applies the rules to a file: the decision, or `None` if it is not ready.
@@ -235,6 +258,23 @@ pub fn decide(cfg: &Config, rules: &Rules, loc: &Location) -> Option<Decision> {
         }
     }
     Some(d)
+}
+
+/// What the scheduler remembers of a held message.
+#[derive(Debug)]
+struct Entry {
+    /// The queue ID (the inode is the map key: IDs repeat, live inodes do not).
+    id: Box<str>,
+    /// Due time in seconds when scheduled.
+    due: i64,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Keep,
+    KeepBad,
+    Scheduled,
 }
 
 enum Work {
@@ -379,6 +419,9 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
     };
     let (work_tx, work_rx): (Sender<Work>, Receiver<Work>) = bounded(4096);
     let (dec_tx, dec_rx): (Sender<Decision>, Receiver<Decision>) = bounded(4096);
+    // Decisions the scheduler itself made again (unbounded, but only ever
+    // holds what was due in one pass).
+    let (work_again, again_rx) = crossbeam_channel::unbounded::<Decision>();
     let rescan = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
     {
@@ -415,11 +458,13 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
     }
     drop(dec_tx);
 
-    // The scheduler and mover.
-    let mut known: HashMap<(String, u64), (Verdict, Option<i64>)> = HashMap::new();
-    let mut heap: BinaryHeap<Reverse<(i64, String, u64)>> = BinaryHeap::new();
-    let mut scheduled: HashMap<(String, u64), Decision> = HashMap::new();
-    let mut bad: std::collections::HashSet<(String, u64)> = std::collections::HashSet::new();
+    // The scheduler and mover. Per held message it remembers one compact
+    // entry keyed by inode (about 40 bytes plus the ID), so that memory
+    // stays small with a million held messages; everything else is read
+    // again from the message when it is due.
+    let mut state: HashMap<u64, Entry> = HashMap::new();
+    let mut heap: BinaryHeap<Reverse<(i64, u64)>> = BinaryHeap::new();
+    let (mut n_scheduled, mut n_bad) = (0usize, 0usize);
     let mut trig = Triggers::default();
     let requeue_after = || rules.read().map(|r| r.requeue_after).unwrap_or(None);
     let perform = |d: &Decision, trig: &mut Triggers| {
@@ -439,7 +484,9 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
         }
         {
             let mut m = shared.lock().expect("BUG: metrics lock poisoned");
-            if o.done && let Some(due) = d.due {
+            if o.done
+                && let Some(due) = d.due
+            {
                 m.record_lateness((now_ms() - due * 1000).max(0) as u64 * 1000);
             }
             if o.done {
@@ -475,6 +522,7 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
         if trig.qmgr_incoming || trig.qmgr_deferred || trig.pickup {
             trig.send(&spool.cfg);
             let _ = spool.sync_dirs();
+            log.flush();
         }
     };
     let mut next_gc = Instant::now() + opts.scan_interval;
@@ -483,96 +531,157 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
             break;
         }
         {
+            // O(1): counters are kept as entries come and go.
             let mut m = shared.lock().expect("BUG: metrics lock poisoned");
-            m.scheduled = scheduled.len();
-            m.next_due = heap.peek().map(|Reverse((t, _, _))| t / 1000);
-            m.bad_dates = known.keys().filter(|k| bad.contains(*k)).count();
+            m.scheduled = n_scheduled;
+            m.next_due = heap.peek().map(|Reverse((t, _))| t / 1000);
+            m.bad_dates = n_bad;
         }
-        // Forget decisions about messages that left hold by other means
-        // (postsuper, an administrator): memory stays proportional to hold.
+        // Forget messages that left hold by other means (postsuper, an
+        // administrator): memory stays proportional to the hold queue.
         if Instant::now() >= next_gc {
             let qd = &spool.cfg.queue_directory;
-            let gone = |(id, ino): &(String, u64)| {
-                let dir = spool.queue_dir("hold", id);
-                std::fs::symlink_metadata(qd.join(dir).join(id)).map_or(true, |m| m.ino() != *ino)
-            };
-            known.retain(|k, _| !gone(k));
-            bad.retain(|k| known.contains_key(k));
+            state.retain(|ino, e| {
+                let keep =
+                    std::fs::symlink_metadata(qd.join(spool.queue_dir("hold", &e.id)).join(&*e.id))
+                        .is_ok_and(|m| m.ino() == *ino);
+                if !keep {
+                    match e.kind {
+                        Kind::Scheduled => n_scheduled -= 1,
+                        Kind::KeepBad => n_bad -= 1,
+                        Kind::Keep => {}
+                    }
+                }
+                keep
+            });
             next_gc = Instant::now() + opts.scan_interval;
         }
         if hup.swap(false, Ordering::Relaxed) {
             match Rules::load(opts.rules.as_deref()) {
                 Ok(r) => {
                     *rules.write().expect("BUG: rules lock poisoned") = r;
-                    known.clear();
-                    bad.clear();
-                    scheduled.clear();
+                    state.clear();
                     heap.clear();
+                    (n_scheduled, n_bad) = (0, 0);
                     rescan.store(true, Ordering::Relaxed);
                     log.log("rules reloaded");
+                    log.flush();
                 }
                 Err(e) => log.log(&format!("warning: rules not reloaded: {e}")),
             }
         }
-        // Act on what is due.
-        while let Some(Reverse((due_ms, id, ino))) = heap.peek().cloned() {
+        // Act on what is due. The message is read again: its due time, its
+        // rule and the gate are checked afresh.
+        while let Some(Reverse((due_ms, ino))) = heap.peek().copied() {
             if due_ms > now_ms() || stop.load(Ordering::Relaxed) {
                 break;
             }
             heap.pop();
-            if let Some(d) = scheduled.remove(&(id.clone(), ino)) {
-                perform(&d, &mut trig);
-                known.remove(&(id, ino));
+            let Some(e) = state.get(&ino) else { continue };
+            if e.kind != Kind::Scheduled || e.due * 1000 != due_ms {
+                continue; // superseded by a later decision
+            }
+            let e = state.remove(&ino).expect("BUG: entry just seen");
+            n_scheduled -= 1;
+            let loc = Location {
+                queue: "hold".into(),
+                dir: spool.queue_dir("hold", &e.id),
+                id: e.id.into(),
+            };
+            let r = rules.read().expect("BUG: rules lock poisoned").clone();
+            match decide(&spool.cfg, &r, &loc) {
+                Some(d) if d.ino == ino && d.due.is_some_and(|t| t <= now()) => {
+                    perform(&d, &mut trig)
+                }
+                Some(d) if d.ino == ino => {
+                    // Changed meanwhile (rules, or not due after all): decide again.
+                    let _ = work_again.send(d);
+                }
+                _ => {} // gone, replaced or unreadable: the next event or scan decides
             }
         }
         flush(&mut trig);
         let wait = heap
             .peek()
-            .map(|Reverse((t, _, _))| (t - now_ms()).clamp(0, 250) as u64)
+            .map(|Reverse((t, _))| (t - now_ms()).clamp(0, 250) as u64)
             .unwrap_or(250);
-        let d = match dec_rx.recv_timeout(Duration::from_millis(wait)) {
+        let d = match again_rx.try_recv() {
             Ok(d) => d,
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            Err(_) => match dec_rx.recv_timeout(Duration::from_millis(wait)) {
+                Ok(d) => d,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    log.flush();
+                    continue;
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            },
         };
-        let key = (d.loc.id.clone(), d.ino);
-        let summary = (d.verdict.clone(), d.due);
-        if known.get(&key) == Some(&summary) {
+        let kind = match (&d.verdict, d.due) {
+            (Verdict::Keep, _)
+                if d.reason.starts_with("reason=bad-date")
+                    || d.reason.starts_with("reason=beyond-horizon") =>
+            {
+                Some(Kind::KeepBad)
+            }
+            (Verdict::Keep, _) => Some(Kind::Keep),
+            (Verdict::ReleaseAt(_), Some(due)) if due > now() => Some(Kind::Scheduled),
+            _ => None, // act now
+        };
+        let prev = state.get(&d.ino).filter(|e| *e.id == *d.loc.id);
+        if let (Some(p), Some(k)) = (prev, kind)
+            && p.kind == k
+            && (k != Kind::Scheduled || Some(p.due) == d.due)
+        {
             continue; // already decided the same way
         }
-        if !known.contains_key(&key) {
+        if prev.is_none() {
             let us = (now_ms() * 1000 - d.committed_us).max(0) as u64;
-            shared.lock().expect("BUG: metrics lock poisoned").record_latency(us);
+            shared
+                .lock()
+                .expect("BUG: metrics lock poisoned")
+                .record_latency(us);
         }
-        known.insert(key.clone(), summary);
-        match (&d.verdict, d.due) {
-            (Verdict::Keep, _) => {
-                scheduled.remove(&key);
-                if d.reason.starts_with("reason=bad-date")
-                    || d.reason.starts_with("reason=beyond-horizon")
-                {
-                    bad.insert(key.clone());
+        if let Some(old) = state.remove(&d.ino) {
+            match old.kind {
+                Kind::Scheduled => n_scheduled -= 1,
+                Kind::KeepBad => n_bad -= 1,
+                Kind::Keep => {}
+            }
+        }
+        match kind {
+            Some(k) => {
+                if k == Kind::Scheduled {
+                    let due = d.due.expect("BUG: scheduled without due");
+                    log.log(&format!(
+                        "{}: scheduled, {}, due={}",
+                        d.loc.id,
+                        d.reason,
+                        chrono::DateTime::from_timestamp(due, 0)
+                            .map(|t| t.to_rfc3339())
+                            .unwrap_or_default()
+                    ));
+                    heap.push(Reverse((due * 1000, d.ino)));
+                    n_scheduled += 1;
+                } else {
+                    log.log(&format!(
+                        "{}: keep, {}, held={}s",
+                        d.loc.id, d.reason, d.held
+                    ));
+                    if k == Kind::KeepBad {
+                        n_bad += 1;
+                    }
                 }
-                log.log(&format!(
-                    "{}: keep, {}, held={}s",
-                    d.loc.id, d.reason, d.held
-                ));
+                state.insert(
+                    d.ino,
+                    Entry {
+                        id: d.loc.id.clone().into_boxed_str(),
+                        due: d.due.unwrap_or(0),
+                        kind: k,
+                    },
+                );
             }
-            (Verdict::ReleaseAt(_), Some(due)) if due > now() => {
-                log.log(&format!(
-                    "{}: scheduled, {}, due={}",
-                    d.loc.id,
-                    d.reason,
-                    chrono::DateTime::from_timestamp(due, 0)
-                        .map(|t| t.to_rfc3339())
-                        .unwrap_or_default()
-                ));
-                heap.push(Reverse((due * 1000, key.0.clone(), key.1)));
-                scheduled.insert(key, d);
-            }
-            _ => {
+            None => {
                 perform(&d, &mut trig);
-                known.remove(&key);
                 if dec_rx.is_empty() {
                     flush(&mut trig);
                 }
@@ -582,9 +691,9 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
     flush(&mut trig);
     stop.store(true, Ordering::Relaxed);
     log.log(&format!(
-        "stopping: {} scheduled releases left to the next start",
-        scheduled.len()
+        "stopping: {n_scheduled} scheduled releases left to the next start"
     ));
+    log.flush();
     drop(dec_rx);
     for t in threads {
         let _ = t.join();

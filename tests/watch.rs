@@ -437,5 +437,9 @@ fn sighup_reloads_rules() {
         "delivery after SIGHUP",
         || delivered_tokens(&pf).contains_key("hup"),
     );
-    assert!(daemon.log().contains("rules reloaded"));
+    wait_until(
+        Instant::now() + Duration::from_secs(5),
+        "the reload log line",
+        || daemon.log().contains("rules reloaded"),
+    );
 }
