@@ -118,17 +118,20 @@ pub fn check(spool: &Spool, repair: bool, not_ready_after: u64) -> Vec<Finding> 
                     continue;
                 }
                 if !queue_id::matches_inode(&name, meta.ino()) {
-                    let new_id = id_for_inode(&name, meta.ino());
-                    let fix = match (repair && queue != "active", new_id) {
-                        (true, Some(new_id)) => Some(match spool.admit_with(&loc, false) {
-                            Ok(adm) => match relocate::rename_id(spool, adm, &new_id) {
-                                Ok(l) => format!("renamed to {}", l.path()),
-                                Err(e) => format!("not repaired: {e}"),
+                    let fix = (repair && queue != "active").then(|| {
+                        match spool.admit_with(&loc, false, true) {
+                            // The new ID from the inode of the file actually
+                            // admitted, not the one seen by the earlier lstat.
+                            Ok(adm) => match id_for_inode(&name, adm.st.st_ino) {
+                                Some(new_id) => match relocate::rename_id(spool, adm, &new_id) {
+                                    Ok(l) => format!("renamed to {}", l.path()),
+                                    Err(e) => format!("not repaired: {e}"),
+                                },
+                                None => "not repaired: no ID for this name form".to_string(),
                             },
                             Err(r) => format!("not repaired: {r}"),
-                        }),
-                        _ => None,
-                    };
+                        }
+                    });
                     report(format!("name does not match inode {}", meta.ino()), fix);
                     continue;
                 }
@@ -145,7 +148,7 @@ pub fn check(spool: &Spool, repair: bool, not_ready_after: u64) -> Vec<Finding> 
                     continue;
                 }
                 if queue != "active"
-                    && let Err(r) = spool.admit(&loc)
+                    && let Err(r) = spool.inspect(&loc)
                     && matches!(
                         r,
                         crate::spool::Refusal::Corrupt(_) | crate::spool::Refusal::WrongOwner(_)
@@ -167,6 +170,11 @@ pub fn run(
     json: bool,
     out: &mut dyn Write,
 ) -> Result<i32, Fatal> {
+    let _exclusive = if repair {
+        Some(spool.exclusive()?)
+    } else {
+        None
+    };
     let findings = check(spool, repair, not_ready_after);
     if let Err(e) = spool.sync_dirs() {
         eprintln!("posthold: warning: fsync of queue directories: {e}");

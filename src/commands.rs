@@ -169,13 +169,13 @@ impl Triggers {
     /// Sends the wake-ups that are due, once each, and clears them.
     pub fn send(&mut self, cfg: &crate::config::Config) {
         if self.qmgr_incoming {
-            trigger::kick(cfg, "qmgr", trigger::SCAN_INCOMING);
+            trigger::kick(cfg, &cfg.queue_service_name, trigger::SCAN_INCOMING);
         }
         if self.qmgr_deferred {
-            trigger::kick(cfg, "qmgr", trigger::SCAN_DEFERRED);
+            trigger::kick(cfg, &cfg.queue_service_name, trigger::SCAN_DEFERRED);
         }
         if self.pickup {
-            trigger::kick(cfg, "pickup", trigger::WAKEUP);
+            trigger::kick(cfg, &cfg.pickup_service_name, trigger::WAKEUP);
         }
         *self = Triggers::default();
     }
@@ -197,8 +197,11 @@ fn release_target(
     } else {
         spool.cfg.maximal_queue_lifetime
     };
-    let threshold = old_after.unwrap_or(lifetime / 2) as i64;
-    let age = adm.env.expiry_base().map_or(0, |t| now_secs() - t);
+    let threshold = i64::try_from(old_after.unwrap_or(lifetime / 2)).unwrap_or(i64::MAX);
+    let age = adm
+        .env
+        .expiry_base()
+        .map_or(0, |t| now_secs().saturating_sub(t));
     if age >= threshold {
         (
             ReleaseTo::Maildrop,
@@ -304,7 +307,13 @@ pub fn act(
                 _ => {}
             }
         }
-        Err(e) => out.what = format!("skipped: {e}"),
+        Err(e) => {
+            out.what = if matches!(action, Action::Expire { release: true }) {
+                format!("marked for return to sender, not moved: {e}")
+            } else {
+                format!("skipped: {e}")
+            }
+        }
     }
     out
 }
@@ -368,6 +377,13 @@ pub fn run(
         }
     };
     let total = locs.len();
+    let mut write_error: Option<std::io::Error> = None;
+    // One posthold at a time changes the queue (the daemon waits meanwhile).
+    let _exclusive = if opts.dry_run {
+        None
+    } else {
+        Some(spool.exclusive()?)
+    };
     let progress = std::io::stderr().is_terminal() && total >= 1000;
     let mut trig = Triggers::default();
     let (mut done, mut skipped) = (0usize, 0usize);
@@ -392,7 +408,13 @@ pub fn run(
         } else {
             skipped += 1;
         }
-        print(out, &o, action.name(), opts.json).map_err(werr)?;
+        // A broken output (`release ALL | head`) must not stop the work
+        // half way: the moved mail still needs its wake-up and fsync.
+        if write_error.is_none()
+            && let Err(e) = print(out, &o, action.name(), opts.json)
+        {
+            write_error = Some(e);
+        }
         if progress && (i + 1) % 1000 == 0 {
             eprint!("\rposthold: {}: {}/{total}", action.name(), i + 1);
         }
@@ -410,6 +432,10 @@ pub fn run(
         action.name(),
         if opts.dry_run { " (dry run)" } else { "" }
     );
+    if let Some(e) = write_error {
+        eprintln!("posthold: {summary}");
+        return Err(werr(e));
+    }
     if opts.json {
         eprintln!("posthold: {summary}");
     } else {

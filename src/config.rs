@@ -27,6 +27,8 @@ pub const SETTINGS: &[&str] = &[
     "line_length_limit",
     "smtputf8_enable",
     "duplicate_filter_limit",
+    "queue_service_name",
+    "pickup_service_name",
 ];
 
 /// The message queues, in the order `postqueue -j` lists them.
@@ -63,6 +65,10 @@ pub struct Config {
     /// `duplicate_filter_limit`: how many defer-log recipients showq
     /// remembers to avoid listing them twice.
     pub duplicate_filter_limit: usize,
+    /// `queue_service_name`: qmgr's socket in `public/`.
+    pub queue_service_name: String,
+    /// `pickup_service_name`: pickup's socket in `public/`.
+    pub pickup_service_name: String,
 }
 
 /// Parses a Postfix time value (`300s`, `5d`, `1w`, bare = `default_unit`).
@@ -156,6 +162,8 @@ impl Config {
             empty_address_recipient: get("empty_address_recipient")?.to_string(),
             smtputf8_enable: parse_bool(get("smtputf8_enable")?),
             duplicate_filter_limit: get("duplicate_filter_limit")?.parse().unwrap_or(1000),
+            queue_service_name: get("queue_service_name")?.to_string(),
+            pickup_service_name: get("pickup_service_name")?.to_string(),
         };
         cfg.check_queue_directory()?;
         Ok(cfg)

@@ -109,6 +109,13 @@ fn target_dir(spool: &Spool, rel: &str, loc: &Location) -> Result<Rc<OwnedFd>, M
         if spool.dir(&path).is_ok() {
             continue;
         }
+        // Only hash levels (one character) and posthold's own quarantine
+        // directory are ever created; a missing queue is a broken spool.
+        if part.len() != 1 && path != crate::spool::QUARANTINE {
+            return Err(io(format!(
+                "{path}: missing queue directory (run postfix check)"
+            )));
+        }
         let tmp = format!(
             "{}{}.posthold-mkdir-{}",
             parent,
@@ -128,6 +135,8 @@ fn target_dir(spool: &Spool, rel: &str, loc: &Location) -> Result<Rc<OwnedFd>, M
             Some(Gid::from_raw(spool.owner.1)),
         )
         .map_err(|e| io(format!("chown {tmp}: {e}")))?;
+        // Explicitly 0700 whatever the umask.
+        fchmod(&d, Mode::from_bits_truncate(0o700)).map_err(|e| io(format!("chmod {tmp}: {e}")))?;
         fsync(&d).map_err(|e| io(format!("fsync {tmp}: {e}")))?;
         match renameat2(
             &spool.root,
@@ -215,20 +224,24 @@ pub fn move_to(
         Err(Errno::ENOENT) => return Err(MoveError::Raced(loc)),
         Err(e) => return Err(MoveError::Io(loc, format!("rename: {e}"))),
     }
-    // 6. The target name now refers to the same inode (name and ID agree).
+    // 6. Record the change first: whatever the check below says, the
+    //    rename happened and both directories need their fsync.
+    spool.changed(&to.dir);
+    spool.changed(&loc.dir);
+    //    The target name refers to the same inode (name and ID agree). It
+    //    may already be gone: qmgr takes mail out of incoming within
+    //    milliseconds. Only a different file there would be an anomaly.
     match fstatat(&*dst, id, AtFlags::AT_SYMLINK_NOFOLLOW) {
-        Ok(s) if s.st_dev == adm.st.st_dev && s.st_ino == adm.st.st_ino => {}
-        _ => {
+        Ok(s) if s.st_dev != adm.st.st_dev || s.st_ino != adm.st.st_ino => {
             return Err(MoveError::Io(
                 to,
-                "BUG: renamed file not found at its target".to_string(),
+                "BUG: another file at the target after the rename".to_string(),
             ));
         }
+        _ => {}
     }
     // 7. Durability: both directories are fsync'ed by Spool::sync_dirs,
     //    once per command (see there why that keeps every move atomic).
-    spool.changed(&to.dir);
-    spool.changed(&loc.dir);
     drop(adm);
     Ok(to)
 }
@@ -238,8 +251,20 @@ pub fn move_to(
 /// does. Never overwrites.
 pub fn rename_id(spool: &Spool, adm: Admitted, new_id: &str) -> Result<Location, MoveError> {
     let loc = adm.loc.clone();
-    if !queue_format::queue_id::is_legal(new_id) {
-        return Err(MoveError::Io(loc, format!("BUG: illegal new ID {new_id}")));
+    // S3: the new name must encode the admitted file's own inode.
+    if !queue_format::queue_id::is_legal(new_id)
+        || !queue_format::queue_id::matches_inode(new_id, adm.st.st_ino)
+    {
+        return Err(MoveError::Io(
+            loc,
+            format!("new ID {new_id} does not match inode {}", adm.st.st_ino),
+        ));
+    }
+    // The message's new name must be free before any log is renamed.
+    if let Ok(d) = spool.dir(&spool.queue_dir(&loc.queue, new_id))
+        && fstatat(&d, new_id, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
+    {
+        return Err(MoveError::Exists(loc));
     }
     for log in ["defer", "bounce", "trace"] {
         let from = spool.queue_dir(log, &loc.id);
@@ -298,7 +323,12 @@ pub fn rename_id(spool: &Spool, adm: Admitted, new_id: &str) -> Result<Location,
 /// Marks an admitted file for return to sender: adds the group-execute bit
 /// (0010), as `postsuper -e` does. Other mode bits are kept.
 pub fn add_expire_bit(adm: &Admitted) -> Result<(), MoveError> {
-    let mode = (adm.st.st_mode & 0o7777) | 0o010;
+    // The mode now, not at admission: qmgr or flush may have changed the
+    // 0040 bit meanwhile, and it must be kept.
+    let now_mode = nix::sys::stat::fstat(adm.file.as_fd())
+        .map_err(|e| MoveError::Io(adm.loc.clone(), format!("fstat: {e}")))?
+        .st_mode;
+    let mode = (now_mode & 0o7777) | 0o010;
     fchmod(adm.file.as_fd(), Mode::from_bits_truncate(mode))
         .map_err(|e| MoveError::Io(adm.loc.clone(), format!("chmod: {e}")))?;
     adm.file
@@ -309,32 +339,44 @@ pub fn add_expire_bit(adm: &Admitted) -> Result<(), MoveError> {
 /// Deletes an admitted message: its defer, bounce and trace logs first,
 /// then the queue file (as postsuper -d). The one irreversible action.
 pub fn delete(spool: &Spool, adm: Admitted) -> Result<(), MoveError> {
-    let loc = adm.loc.clone();
+    let (dev, ino) = (adm.st.st_dev, adm.st.st_ino);
+    // 1. Take the message out of Postfix's sight first, by the usual
+    //    rename: if qmgr took it meanwhile (deferred -> active) this fails
+    //    and nothing, not even its logs, is touched. A crash after this
+    //    leaves it in quarantine, where `restore` brings it back.
+    let aside = if adm.loc.queue == crate::spool::QUARANTINE {
+        drop(adm.file);
+        adm.loc
+    } else {
+        move_to(spool, adm, crate::spool::QUARANTINE, Times::Keep)?
+    };
+    // 2. Its logs, so that a later message that reuses the ID does not
+    //    inherit them.
     for log in ["defer", "bounce", "trace"] {
-        let dir = spool.queue_dir(log, &loc.id);
+        let dir = spool.queue_dir(log, &aside.id);
         if let Ok(d) = spool.dir(&dir) {
-            match unlinkat(&d, loc.id.as_str(), UnlinkatFlags::NoRemoveDir) {
+            match unlinkat(&d, aside.id.as_str(), UnlinkatFlags::NoRemoveDir) {
                 Ok(()) | Err(Errno::ENOENT) => {}
                 Err(e) => {
                     return Err(MoveError::Io(
-                        loc,
-                        format!("unlink {dir}/{}: {e}", adm.loc.id),
+                        aside.clone(),
+                        format!("unlink {dir}/{}: {e}", aside.id),
                     ));
                 }
             }
             let _ = fsync(&d);
         }
     }
+    // 3. The message itself, if it is still the file we admitted.
     let src = spool
-        .dir(&loc.dir)
-        .map_err(|e| MoveError::Io(loc.clone(), format!("open {}: {e}", loc.dir)))?;
-    match fstatat(&src, loc.id.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
-        Ok(s) if s.st_dev == adm.st.st_dev && s.st_ino == adm.st.st_ino => {}
-        _ => return Err(MoveError::Raced(loc)),
+        .dir(&aside.dir)
+        .map_err(|e| MoveError::Io(aside.clone(), format!("open {}: {e}", aside.dir)))?;
+    match fstatat(&src, aside.id.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(s) if s.st_dev == dev && s.st_ino == ino => {}
+        _ => return Err(MoveError::Raced(aside)),
     }
-    unlinkat(&src, loc.id.as_str(), UnlinkatFlags::NoRemoveDir)
-        .map_err(|e| MoveError::Io(loc.clone(), format!("unlink: {e}")))?;
+    unlinkat(&src, aside.id.as_str(), UnlinkatFlags::NoRemoveDir)
+        .map_err(|e| MoveError::Io(aside.clone(), format!("unlink: {e}")))?;
     let _ = fsync(&src);
-    drop(adm);
     Ok(())
 }

@@ -195,6 +195,19 @@ impl Spool {
         self.dirs.borrow().get(rel).map(|(_, dev)| *dev)
     }
 
+    /// Serializes posthold processes (the daemon and commands run by hand):
+    /// an exclusive flock on the queue directory itself, which Postfix
+    /// never locks. Held while files are admitted and moved; released when
+    /// the returned file is dropped. Blocks while another posthold holds it.
+    pub fn exclusive(&self) -> Result<File, Fatal> {
+        let f = File::open(&self.cfg.queue_directory)
+            .map_err(|e| Fatal::runtime(format!("{}: {e}", self.cfg.queue_directory.display())))?;
+        f.lock().map_err(|e| {
+            Fatal::runtime(format!("{}: lock: {e}", self.cfg.queue_directory.display()))
+        })?;
+        Ok(f)
+    }
+
     /// Notes that a rename changed directory `rel`.
     pub fn changed(&self, rel: &str) {
         self.unsynced.borrow_mut().insert(rel.to_string());
@@ -287,12 +300,24 @@ impl Spool {
     /// The admission gate: checks the file at `loc` and returns it with
     /// posthold's flock held, or says why not. Changes nothing.
     pub fn admit(&self, loc: &Location) -> Result<Admitted, Refusal> {
-        self.admit_with(loc, true)
+        self.admit_with(loc, true, true)
+    }
+
+    /// The gate's checks without taking any lock and without the lock
+    /// probe's flock: for read-only audits (`check`), which must not make
+    /// qmgr meet a lock.
+    pub fn inspect(&self, loc: &Location) -> Result<Admitted, Refusal> {
+        self.admit_with(loc, true, false)
     }
 
     /// The gate, optionally without the name-to-inode check (used only by
     /// `check --repair` to rename a file to the ID its inode gives).
-    pub fn admit_with(&self, loc: &Location, check_inode: bool) -> Result<Admitted, Refusal> {
+    pub fn admit_with(
+        &self,
+        loc: &Location,
+        check_inode: bool,
+        lock: bool,
+    ) -> Result<Admitted, Refusal> {
         // G1: the name is a legal queue ID, so it is a single path component.
         if !queue_id::is_legal(&loc.id) {
             return Err(Refusal::IllegalName);
@@ -363,6 +388,14 @@ impl Spool {
         }
         // ... and no flock; posthold's own exclusive flock is held from
         // here until the Admitted is dropped.
+        if !lock {
+            return Ok(Admitted {
+                loc: loc.clone(),
+                file,
+                st,
+                env,
+            });
+        }
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => return Err(Refusal::Flocked),

@@ -17,8 +17,12 @@ pub const SCAN_DEFERRED: &[u8] = b"D";
 /// pickup (and qmgr): wake up.
 pub const WAKEUP: &[u8] = b"W";
 
-/// Sends `request` to `public/<service>`. Returns whether it was delivered.
+/// Sends `request` to `public/<service>` (`queue_service_name`,
+/// `pickup_service_name`). Returns whether it was delivered.
 pub fn kick(cfg: &Config, service: &str, request: &[u8]) -> bool {
+    if !queue_format::queue_id::is_legal(service) {
+        return false; // a service name is one path component
+    }
     let path = cfg.queue_directory.join("public").join(service);
     let Ok(mut s) = UnixStream::connect(&path) else {
         return false;

@@ -478,7 +478,15 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
             Verdict::Quarantine => Action::Quarantine,
             Verdict::Keep => return,
         };
-        let o = commands::act(&spool, &action, &d.loc, RunOpts::default(), trig);
+        // One posthold at a time changes the queue: wait for a command run
+        // by hand to finish.
+        let o = match spool.exclusive() {
+            Ok(_guard) => commands::act(&spool, &action, &d.loc, RunOpts::default(), trig),
+            Err(e) => {
+                log.log(&format!("{}: {} not done: {e}", d.loc.id, action.name()));
+                return;
+            }
+        };
         if !o.done && o.what.ends_with("no such message") {
             return; // gone from hold meanwhile (released, or moved by postsuper)
         }
