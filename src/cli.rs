@@ -248,7 +248,7 @@ struct ListArgs {
     /// One JSON object per line, exactly as postqueue -j.
     #[arg(long)]
     json: bool,
-    /// With --json: append posthold's own members (create_time).
+    /// With --json: append posthold's own members (create_time, deliver_at, bad_date).
     #[arg(long, requires = "json")]
     extra: bool,
     /// Queues to list (maildrop, active, incoming, deferred, hold); all when none.

@@ -45,6 +45,43 @@ pub struct Message {
     pub recipients: Vec<(String, String)>,
     /// `create_time` attribute, if any (posthold's own member).
     pub create_time: Option<i64>,
+    /// The due time from `X-Deliver-At` (else `Deferred-Delivery`), read
+    /// only for `--extra`: `None` without such a header, `Err(value)` when
+    /// it is not a usable date (posthold's own member).
+    pub deliver_at: Option<Result<i64, String>>,
+}
+
+/// Reads the headers of a queue file (never the body) and returns its due
+/// time as `posthold watch`'s default rules see it.
+pub fn due_of(path: &Path) -> Option<Result<i64, String>> {
+    let f = File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    let mut rd = Reader::with_len(BufReader::new(f), len, Mode::LOGICAL);
+    let env = queue_format::queue_file::read_envelope(&mut rd).ok()?;
+    let mut lines = queue_format::queue_file::Lines::new(&mut rd, env.content_offset?).ok()?;
+    let mut headers: Vec<(String, String)> = Vec::new();
+    while let Ok(Some(l)) = lines.next_line() {
+        if !l.in_header {
+            break;
+        }
+        let t = String::from_utf8_lossy(&l.text).into_owned();
+        if t.starts_with([' ', '\t']) {
+            if let Some(last) = headers.last_mut() {
+                last.1.push(' ');
+                last.1.push_str(t.trim());
+            }
+        } else if let Some((n, v)) = t.split_once(':') {
+            headers.push((n.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    crate::deliver_at::DUE_HEADERS.iter().find_map(|h| {
+        let (_, v) = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(h))?;
+        Some(
+            crate::deliver_at::parse(v)
+                .map(|t| t.timestamp())
+                .ok_or_else(|| v.clone()),
+        )
+    })
 }
 
 /// What the scan saw besides messages.
@@ -293,6 +330,7 @@ pub fn report(
                     sender,
                     recipients: Vec::new(),
                     create_time,
+                    deliver_at: None,
                 };
                 let log = cfg.queue_directory.join(cfg.queue_path("defer", id));
                 if let Some(entries) = read_defer_log(&log, utf8) {
@@ -349,6 +387,7 @@ pub fn report(
 pub fn scan(
     cfg: &Config,
     queues: &[String],
+    with_due: bool,
     mut each: impl FnMut(Message) -> Result<(), Fatal>,
 ) -> Result<Summary, Fatal> {
     for q in queues {
@@ -412,7 +451,10 @@ pub fn scan(
             let Ok(file) = File::open(&path) else {
                 continue;
             };
-            if let Some(m) = report(cfg, queue, name, file, &meta) {
+            if let Some(mut m) = report(cfg, queue, name, file, &meta) {
+                if with_due {
+                    m.deliver_at = due_of(&path);
+                }
                 summary.listed += 1;
                 each(m)?;
             }
@@ -454,6 +496,11 @@ pub fn to_json(m: &Message, utf8: bool, extra: bool) -> String {
         match m.create_time {
             Some(t) => s.push_str(&format!(", \"create_time\": {t}")),
             None => s.push_str(", \"create_time\": null"),
+        }
+        match &m.deliver_at {
+            Some(Ok(t)) => s.push_str(&format!(", \"deliver_at\": {t}, \"bad_date\": false")),
+            Some(Err(_)) => s.push_str(", \"deliver_at\": null, \"bad_date\": true"),
+            None => s.push_str(", \"deliver_at\": null, \"bad_date\": false"),
         }
     }
     s.push('}');
@@ -499,7 +546,7 @@ pub fn run(
 ) -> Result<Summary, Fatal> {
     let utf8 = cfg.smtputf8_enable;
     let write_err = |e: std::io::Error| Fatal::runtime(format!("write error: {e}"));
-    let summary = scan(cfg, queues, |m| {
+    let summary = scan(cfg, queues, json && extra, |m| {
         if json {
             writeln!(out, "{}", to_json(&m, utf8, extra)).map_err(write_err)
         } else {

@@ -97,9 +97,34 @@ fn hold_ages(cfg: &Config, now: i64) -> Vec<u64> {
     ages
 }
 
+/// The longest a walk of the hold queue is reused: a scrape must not cost a
+/// stat of every held message each time. A walk is reused for 20 times
+/// what it cost, at most this long, so small queues are always fresh.
+pub const SPOOL_CACHE: Duration = Duration::from_secs(15);
+
+thread_local! {
+    static AGES: std::cell::RefCell<Option<(std::time::Instant, i64, Vec<u64>, Duration)>> = const { std::cell::RefCell::new(None) };
+}
+
 /// The metrics text (Prometheus exposition format 0.0.4).
 pub fn render(cfg: &Config, shared: &Shared, now: i64) -> String {
-    let ages = hold_ages(cfg, now);
+    let ages = AGES.with(|c| {
+        let mut c = c.borrow_mut();
+        match &*c {
+            Some((at, then, ages, cost)) if at.elapsed() < (*cost * 20).min(SPOOL_CACHE) => {
+                // Ages grow with time; the set of messages is from the walk.
+                ages.iter()
+                    .map(|a| a + (now - then).max(0) as u64)
+                    .collect::<Vec<u64>>()
+            }
+            _ => {
+                let t = std::time::Instant::now();
+                let ages = hold_ages(cfg, now);
+                *c = Some((std::time::Instant::now(), now, ages.clone(), t.elapsed()));
+                ages
+            }
+        }
+    });
     let mut s = String::new();
     s.push_str("# HELP posthold_hold_depth Committed messages in the hold queue.\n# TYPE posthold_hold_depth gauge\n");
     s.push_str(&format!("posthold_hold_depth {}\n", ages.len()));

@@ -281,6 +281,23 @@ enum Work {
     Look(Location),
 }
 
+/// Sends without ever blocking past a stop request: a full channel slows
+/// intake, and SIGTERM must still end the daemon promptly.
+fn send_or_stop<T>(tx: &Sender<T>, mut item: T, stop: &AtomicBool) -> bool {
+    loop {
+        match tx.send_timeout(item, Duration::from_millis(100)) {
+            Ok(()) => return true,
+            Err(crossbeam_channel::SendTimeoutError::Timeout(back)) => {
+                if stop.load(Ordering::Relaxed) {
+                    return false;
+                }
+                item = back;
+            }
+            Err(crossbeam_channel::SendTimeoutError::Disconnected(_)) => return false,
+        }
+    }
+}
+
 fn scan_hold(spool_cfg: &Config, tx: &Sender<Work>, stop: &AtomicBool) {
     let mut dirs = vec!["hold".to_string()];
     while let Some(dir) = dirs.pop() {
@@ -295,11 +312,14 @@ fn scan_hold(spool_cfg: &Config, tx: &Sender<Work>, stop: &AtomicBool) {
             if name.len() == 1 && e.file_type().is_ok_and(|t| t.is_dir()) {
                 dirs.push(format!("{dir}/{name}"));
             } else if queue_format::queue_id::is_legal(&name) {
-                let _ = tx.send(Work::Look(Location {
+                let w = Work::Look(Location {
                     queue: "hold".into(),
                     dir: dir.clone(),
                     id: name,
-                }));
+                });
+                if !send_or_stop(tx, w, stop) {
+                    return;
+                }
             }
         }
     }
@@ -369,11 +389,14 @@ fn watcher(
                 continue;
             }
             if queue_format::queue_id::is_legal(&name) {
-                let _ = tx.send(Work::Look(Location {
+                let w = Work::Look(Location {
                     queue: "hold".into(),
                     dir,
                     id: name,
-                }));
+                });
+                if !send_or_stop(&tx, w, &stop) {
+                    return;
+                }
             }
         }
     }
@@ -445,11 +468,19 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
             dec_tx.clone(),
             Arc::clone(&rules),
         );
+        let stop = Arc::clone(&stop);
         threads.push(std::thread::spawn(move || {
-            for Work::Look(loc) in rx.iter() {
-                let r = rules.read().expect("BUG: rules lock poisoned").clone();
-                if let Some(d) = decide(&cfg, &r, &loc)
-                    && tx.send(d).is_err()
+            while !stop.load(Ordering::Relaxed) {
+                let loc = match rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(Work::Look(loc)) => loc,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                };
+                // Read-locked, not cloned: a clone per message cost more
+                // than reading the message.
+                let d = decide(&cfg, &rules.read().expect("BUG: rules lock poisoned"), &loc);
+                if let Some(d) = d
+                    && !send_or_stop(&tx, d, &stop)
                 {
                     return;
                 }
@@ -596,8 +627,12 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
                 dir: spool.queue_dir("hold", &e.id),
                 id: e.id.into(),
             };
-            let r = rules.read().expect("BUG: rules lock poisoned").clone();
-            match decide(&spool.cfg, &r, &loc) {
+            let again = decide(
+                &spool.cfg,
+                &rules.read().expect("BUG: rules lock poisoned"),
+                &loc,
+            );
+            match again {
                 Some(d) if d.ino == ino && d.due.is_some_and(|t| t <= now()) => {
                     perform(&d, &mut trig)
                 }

@@ -194,3 +194,52 @@ fn cat_equals_live_postcat_with_many_options() {
         failures.join("\n")
     );
 }
+
+/// `--extra` appends posthold's members after postqueue's, which stay
+/// byte-identical; the due time and the bad-date flag come from the headers.
+#[test]
+fn list_extra_members_follow_postqueue_members() {
+    let cfg = empty_config();
+    let q = fixture_spool();
+    let mut c = posthold();
+    c.arg("list")
+        .arg("-c")
+        .arg(cfg.path())
+        .arg("--queue-directory")
+        .arg(q.path())
+        .args(["--json", "--extra"]);
+    let out = run(c);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    for fx in fixtures() {
+        let want = String::from_utf8(fx.reference(".json")).unwrap();
+        let want = want.trim_end().trim_end_matches('}');
+        let line = text
+            .lines()
+            .find(|l| l.contains(&format!("\"queue_id\": \"{}\"", fx.id)))
+            .unwrap();
+        assert!(line.starts_with(want), "{}: {line}", fx.id);
+        let extra = &line[want.len()..];
+        assert!(extra.starts_with(", \"create_time\": "), "{extra}");
+        match fx.shape.as_str() {
+            // Thu, 01 Jan 2099 12:00:00 +0200
+            "deliverat-future" | "deliverat-twice" => {
+                assert!(
+                    extra.contains("\"deliver_at\": 4070944800, \"bad_date\": false"),
+                    "{}: {extra}",
+                    fx.shape
+                )
+            }
+            "deliverat-malformed" => assert!(extra.contains("\"bad_date\": true"), "{extra}"),
+            "plain" => assert!(
+                extra.contains("\"deliver_at\": null, \"bad_date\": false"),
+                "{extra}"
+            ),
+            _ => {}
+        }
+    }
+}

@@ -17,6 +17,11 @@ pub struct TempSpool {
 }
 
 pub fn postfix_ids() -> (u32, u32) {
+    static IDS: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    *IDS.get_or_init(lookup_postfix_ids)
+}
+
+fn lookup_postfix_ids() -> (u32, u32) {
     let out = std::process::Command::new("id")
         .args(["-u", "postfix"])
         .output()
@@ -105,6 +110,11 @@ impl TempSpool {
         }
         out.sort();
         out
+    }
+
+    /// Files in hold/ (a cheap census for tests that move nothing).
+    pub fn find_all_count(&self) -> usize {
+        std::fs::read_dir(self.q().join("hold")).unwrap().count()
     }
 
     pub fn cmd(&self, args: &[&str]) -> Output {

@@ -443,3 +443,49 @@ fn sighup_reloads_rules() {
         || daemon.log().contains("rules reloaded"),
     );
 }
+
+/// SIGTERM during a big start-up scan (channels full, workers busy) ends
+/// the daemon promptly and cleanly, moving nothing.
+#[test]
+fn sigterm_during_a_big_scan_exits_promptly() {
+    let mut s = crate::mover::TempSpool::new();
+    for _ in 0..5000 {
+        s.add("hold");
+    }
+    let before = s.find_all_count();
+    let mut c = posthold();
+    c.arg("watch")
+        .arg("-c")
+        .arg(s.cfg.path())
+        .arg("--queue-directory")
+        .arg(s.q())
+        .args([
+            "--no-drop-privileges",
+            "--scan-interval",
+            "3600s",
+            "--workers",
+            "1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = c.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let t = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            assert_eq!(st.code(), Some(0));
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+            panic!("posthold watch did not exit within 5 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(s.find_all_count(), before, "nothing moved");
+}
