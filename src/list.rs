@@ -58,22 +58,7 @@ pub fn due_of(path: &Path) -> Option<Result<i64, String>> {
     let len = f.metadata().ok()?.len();
     let mut rd = Reader::with_len(BufReader::new(f), len, Mode::LOGICAL);
     let env = queue_format::queue_file::read_envelope(&mut rd).ok()?;
-    let mut lines = queue_format::queue_file::Lines::new(&mut rd, env.content_offset?).ok()?;
-    let mut headers: Vec<(String, String)> = Vec::new();
-    while let Ok(Some(l)) = lines.next_line() {
-        if !l.in_header {
-            break;
-        }
-        let t = String::from_utf8_lossy(&l.text).into_owned();
-        if t.starts_with([' ', '\t']) {
-            if let Some(last) = headers.last_mut() {
-                last.1.push(' ');
-                last.1.push_str(t.trim());
-            }
-        } else if let Some((n, v)) = t.split_once(':') {
-            headers.push((n.trim().to_string(), v.trim().to_string()));
-        }
-    }
+    let headers = queue_format::queue_file::read_headers(&mut rd, env.content_offset?).ok()?;
     crate::deliver_at::DUE_HEADERS.iter().find_map(|h| {
         let (_, v) = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(h))?;
         Some(

@@ -102,8 +102,11 @@ fn hold_ages(cfg: &Config, now: i64) -> Vec<u64> {
 /// what it cost, at most this long, so small queues are always fresh.
 pub const SPOOL_CACHE: Duration = Duration::from_secs(15);
 
+/// The last walk: when, the clock then, the ages, and what it cost.
+type AgeCache = Option<(std::time::Instant, i64, Vec<u64>, Duration)>;
+
 thread_local! {
-    static AGES: std::cell::RefCell<Option<(std::time::Instant, i64, Vec<u64>, Duration)>> = const { std::cell::RefCell::new(None) };
+    static AGES: std::cell::RefCell<AgeCache> = const { std::cell::RefCell::new(None) };
 }
 
 /// The metrics text (Prometheus exposition format 0.0.4).

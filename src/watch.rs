@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-use queue_format::queue_file::{Lines, read_envelope};
+use queue_format::queue_file::read_envelope;
 use queue_format::reader::{Mode, Reader};
 
 use crate::commands::{self, Action, RunOpts, Triggers};
@@ -185,28 +185,14 @@ pub fn facts_of(cfg: &Config, loc: &Location, max_age_cap: u64) -> Option<(u64, 
             .map(|r| String::from_utf8_lossy(&r.address).into_owned())
             .collect(),
         size: env.size.map_or(0, |s| s.data_size),
-        age: (now() - env.expiry_base().unwrap_or(now())).max(0) as u64,
+        age: now()
+            .saturating_sub(env.expiry_base().unwrap_or(now()))
+            .max(0) as u64,
         held: (now() - meta.ctime()).clamp(0, max_age_cap as i64) as u64,
         headers: Vec::new(),
     };
-    // Headers only: stop at the first body line.
-    let mut lines = Lines::new(&mut rd, env.content_offset?).ok()?;
-    while let Ok(Some(l)) = lines.next_line() {
-        if !l.in_header {
-            break;
-        }
-        let text = String::from_utf8_lossy(&l.text).into_owned();
-        if text.starts_with([' ', '\t']) {
-            if let Some(last) = facts.headers.last_mut() {
-                last.1.push(' ');
-                last.1.push_str(text.trim());
-            }
-        } else if let Some((n, v)) = text.split_once(':') {
-            facts
-                .headers
-                .push((n.trim().to_string(), v.trim().to_string()));
-        }
-    }
+    // Headers only: reading stops at the first body line.
+    facts.headers = queue_format::queue_file::read_headers(&mut rd, env.content_offset?).ok()?;
     Some((
         st.st_ino,
         facts,

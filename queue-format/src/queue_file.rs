@@ -548,9 +548,56 @@ impl<'r, R: Read + Seek> Lines<'r, R> {
     }
 }
 
+/// Reads the header of a message (never the body) as `(name, value)`
+/// pairs in order, folded lines joined with one space, names and values
+/// trimmed. Lines that are not headers are skipped.
+pub fn read_headers<R: Read + Seek>(
+    reader: &mut Reader<R>,
+    mesg_at: u64,
+) -> Result<Vec<(String, String)>> {
+    let mut lines = Lines::new(reader, mesg_at)?;
+    let mut headers: Vec<(String, String)> = Vec::new();
+    while let Some(l) = lines.next_line()? {
+        if !l.in_header {
+            break;
+        }
+        let t = String::from_utf8_lossy(&l.text);
+        if t.starts_with([' ', '\t']) {
+            if let Some(last) = headers.last_mut() {
+                last.1.push(' ');
+                last.1.push_str(t.trim());
+            }
+        } else if let Some((n, v)) = t.split_once(':') {
+            headers.push((n.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    Ok(headers)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headers_are_unfolded_and_stop_at_the_body() {
+        let bytes = crate::writer::Builder::new(1, "a@b")
+            .recipient("r@x")
+            .header("Subject: one")
+            .header("\ttwo")
+            .header("X-A:b")
+            .body_line("Not: a header")
+            .build();
+        let mut r = Reader::new(std::io::Cursor::new(&bytes)).unwrap();
+        let env = read_envelope(&mut r).unwrap();
+        let h = read_headers(&mut r, env.content_offset.unwrap()).unwrap();
+        assert_eq!(
+            h,
+            vec![
+                ("Subject".to_string(), "one two".to_string()),
+                ("X-A".to_string(), "b".to_string())
+            ]
+        );
+    }
 
     #[test]
     fn size_records() {
