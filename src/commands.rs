@@ -181,6 +181,20 @@ impl Triggers {
     }
 }
 
+/// The smallest age threshold for requeueing through maildrop, whatever
+/// the settings say (a lifetime of 0 would give a threshold of 0).
+pub const REQUEUE_FLOOR: i64 = 2;
+
+/// Whether a message is itself a copy made by requeueing (pickup keeps the
+/// arrival time and gives a fresh create_time): such a message is never
+/// requeued again, so mail loops through maildrop at most once.
+pub fn is_requeued_copy(env: &queue_format::queue_file::Envelope) -> bool {
+    match (env.create_time, env.arrival) {
+        (Some(c), Some((t, _))) => c > t.saturating_add(1),
+        _ => false,
+    }
+}
+
 /// Chooses release's destination for an admitted message.
 fn release_target(
     spool: &Spool,
@@ -197,12 +211,16 @@ fn release_target(
     } else {
         spool.cfg.maximal_queue_lifetime
     };
-    let threshold = i64::try_from(old_after.unwrap_or(lifetime / 2)).unwrap_or(i64::MAX);
+    let threshold = i64::try_from(old_after.unwrap_or(lifetime / 2))
+        .unwrap_or(i64::MAX)
+        .max(REQUEUE_FLOOR);
     let age = adm
         .env
         .expiry_base()
         .map_or(0, |t| now_secs().saturating_sub(t));
-    if age >= threshold {
+    // A copy that already went through maildrop goes to incoming: at most
+    // one loop, whatever the thresholds.
+    if age >= threshold && !is_requeued_copy(&adm.env) {
         (
             ReleaseTo::Maildrop,
             format!(
@@ -443,4 +461,36 @@ pub fn run(
     }
     out.flush().map_err(werr)?;
     Ok(if skipped > 0 { 1 } else { 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use queue_format::queue_file::read_envelope;
+    use queue_format::reader::Reader;
+    use queue_format::writer::Builder;
+
+    fn env(arrival: i64, create: i64) -> queue_format::queue_file::Envelope {
+        let b = Builder::new(arrival, "a@b")
+            .create_time(Some(create))
+            .recipient("r@x")
+            .build();
+        read_envelope(&mut Reader::new(std::io::Cursor::new(b)).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn requeued_copies_are_recognised_so_mail_loops_at_most_once() {
+        assert!(
+            !is_requeued_copy(&env(1000, 1000)),
+            "cleanup writes both in one go"
+        );
+        assert!(
+            !is_requeued_copy(&env(1000, 1001)),
+            "a second boundary is not a requeue"
+        );
+        assert!(
+            is_requeued_copy(&env(1000, 1000 + 3600)),
+            "pickup keeps T, renews create_time"
+        );
+    }
 }

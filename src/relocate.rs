@@ -164,6 +164,16 @@ fn target_dir(spool: &Spool, rel: &str, loc: &Location) -> Result<Rc<OwnedFd>, M
         .map_err(|e| MoveError::Io(loc.clone(), format!("open {rel}: {e}")))
 }
 
+/// Creates posthold's quarantine directory (0700, mail_owner) if missing.
+pub fn ensure_quarantine(spool: &Spool) -> Result<(), MoveError> {
+    let loc = Location {
+        queue: crate::spool::QUARANTINE.into(),
+        dir: crate::spool::QUARANTINE.into(),
+        id: String::new(),
+    };
+    target_dir(spool, crate::spool::QUARANTINE, &loc).map(|_| ())
+}
+
 /// Moves an admitted file into `queue`, under the same name. Returns the
 /// new location. The flock taken by the gate is held throughout and
 /// released when the file is dropped at the end.

@@ -271,9 +271,14 @@ impl Rules {
                 ));
             }
         };
+        // At most 100 years: beyond that only overflow waits.
+        let horizon = dur(&f.settings.horizon, "settings: horizon")?.unwrap_or(366 * 86400);
+        if horizon > 100 * 366 * 86400 {
+            return Err("settings: horizon: at most 100 years".into());
+        }
         Ok(Rules {
             rules,
-            horizon: dur(&f.settings.horizon, "settings: horizon")?.unwrap_or(366 * 86400),
+            horizon,
             on_bad_date,
             requeue_after: dur(&f.settings.requeue_after, "settings: requeue_after")?,
         })

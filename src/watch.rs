@@ -83,6 +83,8 @@ pub struct Decision {
     pub decided: i64,
     /// The file's ctime (µs): the commit, for the decision-latency metric.
     pub committed_us: i64,
+    /// Whether the message is a copy made by requeueing (never requeued again).
+    pub requeued_copy: bool,
 }
 
 fn now() -> i64 {
@@ -155,10 +157,11 @@ impl Logger {
 }
 
 /// Reads what the rules need from a held file, read-only: its inode, the
-/// facts, and its commit time (ctime, µs). `None` when the
+/// facts, its commit time (ctime, µs) and whether it is a requeued copy.
+/// `None` when the
 /// file is gone, not committed, or unreadable (a later event or scan
 /// brings it back).
-pub fn facts_of(cfg: &Config, loc: &Location, max_age_cap: u64) -> Option<(u64, Facts, i64)> {
+pub fn facts_of(cfg: &Config, loc: &Location, max_age_cap: u64) -> Option<(u64, Facts, i64, bool)> {
     let path = cfg.queue_directory.join(loc.path());
     let meta = std::fs::symlink_metadata(&path).ok()?;
     if !meta.file_type().is_file() || meta.mode() & 0o700 != 0o700 {
@@ -197,12 +200,13 @@ pub fn facts_of(cfg: &Config, loc: &Location, max_age_cap: u64) -> Option<(u64, 
         st.st_ino,
         facts,
         st.st_ctime * 1_000_000 + st.st_ctime_nsec / 1000,
+        commands::is_requeued_copy(&env),
     ))
 }
 
 /// Applies the rules to a file: the decision, or `None` if it is not ready.
 pub fn decide(cfg: &Config, rules: &Rules, loc: &Location) -> Option<Decision> {
-    let (ino, facts, committed_us) = facts_of(cfg, loc, u64::MAX / 2)?;
+    let (ino, facts, committed_us, requeued_copy) = facts_of(cfg, loc, u64::MAX / 2)?;
     let mut d = Decision {
         loc: loc.clone(),
         ino,
@@ -212,6 +216,7 @@ pub fn decide(cfg: &Config, rules: &Rules, loc: &Location) -> Option<Decision> {
         held: facts.held,
         decided: now(),
         committed_us,
+        requeued_copy,
     };
     let Some(rule) = rules.decide(&facts) else {
         return Some(d);
@@ -229,7 +234,10 @@ pub fn decide(cfg: &Config, rules: &Rules, loc: &Location) -> Option<Decision> {
                     value.chars().take(80).collect::<String>()
                 );
             }
-            Some(t) if t.timestamp() > now() + rules.horizon as i64 => {
+            Some(t)
+                if t.timestamp()
+                    > now().saturating_add(rules.horizon.min(i64::MAX as u64) as i64) =>
+            {
                 d.verdict = rules.on_bad_date.clone();
                 d.reason = format!(
                     "reason=beyond-horizon, rule={}, {h}={}",
@@ -245,6 +253,9 @@ pub fn decide(cfg: &Config, rules: &Rules, loc: &Location) -> Option<Decision> {
     }
     Some(d)
 }
+
+/// Seconds before a failed action (file locked, raced) is tried again.
+const RETRY_SECS: i64 = 5;
 
 /// What the scheduler remembers of a held message.
 #[derive(Debug)]
@@ -401,6 +412,11 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
     }
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
         .map_err(|e| Fatal::config(format!("signal: {e}")))?;
+    // Made now, while root: after the drop mail_owner cannot create it in
+    // the root-owned queue directory.
+    if let Err(e) = crate::relocate::ensure_quarantine(&spool) {
+        log.log(&format!("warning: quarantine directory: {e}"));
+    }
     if opts.drop_privileges && nix::unistd::geteuid().is_root() {
         let (uid, gid) = spool.owner;
         nix::unistd::setgroups(&[]).map_err(|e| Fatal::config(format!("setgroups: {e}")))?;
@@ -484,16 +500,27 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
     let (mut n_scheduled, mut n_bad) = (0usize, 0usize);
     let mut trig = Triggers::default();
     let requeue_after = || rules.read().map(|r| r.requeue_after).unwrap_or(None);
-    let perform = |d: &Decision, trig: &mut Triggers| {
+    // Returns false when the action failed and the message is still held
+    // (locked, raced, ...): the caller schedules a retry.
+    let perform = |d: &Decision, trig: &mut Triggers| -> bool {
         let action = match &d.verdict {
             Verdict::Release | Verdict::ReleaseAt(_) => Action::Release {
                 to: None,
                 old_after: requeue_after(),
             },
+            // A rule that requeues while header_checks holds the copy again
+            // would loop: never requeue mail that is itself a fresh copy.
+            Verdict::Requeue if d.requeued_copy => {
+                log.log(&format!(
+                    "{}: keep, reason=requeue-loop-guard, {}",
+                    d.loc.id, d.reason
+                ));
+                return true;
+            }
             Verdict::Requeue => Action::Requeue,
             Verdict::Expire => Action::Expire { release: true },
             Verdict::Quarantine => Action::Quarantine,
-            Verdict::Keep => return,
+            Verdict::Keep => return true,
         };
         // One posthold at a time changes the queue: wait for a command run
         // by hand to finish.
@@ -501,11 +528,11 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
             Ok(_guard) => commands::act(&spool, &action, &d.loc, RunOpts::default(), trig),
             Err(e) => {
                 log.log(&format!("{}: {} not done: {e}", d.loc.id, action.name()));
-                return;
+                return false;
             }
         };
         if !o.done && o.what.ends_with("no such message") {
-            return; // gone from hold meanwhile (released, or moved by postsuper)
+            return true; // gone from hold meanwhile (released, or moved by postsuper)
         }
         {
             let mut m = shared.lock().expect("BUG: metrics lock poisoned");
@@ -541,6 +568,7 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
             d.reason,
             o.what
         ));
+        o.done
     };
     // Wake-ups and directory syncs once per batch of actions, not per message.
     let flush = |trig: &mut Triggers| {
@@ -620,7 +648,21 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
             );
             match again {
                 Some(d) if d.ino == ino && d.due.is_some_and(|t| t <= now()) => {
-                    perform(&d, &mut trig)
+                    let done = perform(&d, &mut trig);
+                    if !done {
+                        // Locked or raced: try again shortly, not at the next scan.
+                        let retry = now() + RETRY_SECS;
+                        heap.push(Reverse((retry * 1000, ino)));
+                        state.insert(
+                            ino,
+                            Entry {
+                                id: d.loc.id.clone().into_boxed_str(),
+                                due: retry,
+                                kind: Kind::Scheduled,
+                            },
+                        );
+                        n_scheduled += 1;
+                    }
                 }
                 Some(d) if d.ino == ino => {
                     // Changed meanwhile (rules, or not due after all): decide again.
@@ -642,7 +684,16 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
                     log.flush();
                     continue;
                 }
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    if !stop.load(Ordering::Relaxed) {
+                        // Every parser is gone (a panic): exit non-zero so
+                        // that the service manager restarts the daemon.
+                        log.log("fatal: parser threads stopped");
+                        log.flush();
+                        return Err(Fatal::runtime("parser threads stopped"));
+                    }
+                    break;
+                }
             },
         };
         let kind = match (&d.verdict, d.due) {
@@ -657,6 +708,9 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
             _ => None, // act now
         };
         let prev = state.get(&d.ino).filter(|e| *e.id == *d.loc.id);
+        if kind.is_none() && prev.is_some_and(|p| p.kind == Kind::Scheduled) {
+            continue; // due or retrying: the heap acts on it, re-reading it first
+        }
         if let (Some(p), Some(k)) = (prev, kind)
             && p.kind == k
             && (k != Kind::Scheduled || Some(p.due) == d.due)
@@ -710,7 +764,21 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
                 );
             }
             None => {
-                perform(&d, &mut trig);
+                if !perform(&d, &mut trig) {
+                    // Failed (locked, raced): retry from the heap. The entry
+                    // also stops our own inotify events from retrying at once.
+                    let retry = now() + RETRY_SECS;
+                    heap.push(Reverse((retry * 1000, d.ino)));
+                    state.insert(
+                        d.ino,
+                        Entry {
+                            id: d.loc.id.clone().into_boxed_str(),
+                            due: retry,
+                            kind: Kind::Scheduled,
+                        },
+                    );
+                    n_scheduled += 1;
+                }
                 if dec_rx.is_empty() {
                     flush(&mut trig);
                 }
