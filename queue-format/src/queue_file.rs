@@ -422,15 +422,19 @@ fn skip_content<R: Read + Seek>(
             }
             rt::CONT | rt::NORM | rt::DTXT => {}
             t => {
-                return Err(Error::new(
-                    ErrorKind::UnexpectedRecord,
-                    "unexpected record type in content",
-                )
-                .at(rec.offset)
-                .rec(t));
+                return Err(unexpected_in_content(rec.offset, t));
             }
         }
     }
+}
+
+fn unexpected_in_content(offset: u64, t: u8) -> Error {
+    Error::new(
+        ErrorKind::UnexpectedRecord,
+        "unexpected record type in content",
+    )
+    .at(offset)
+    .rec(t)
 }
 
 /// Whether `line` starts a header: printable non-space ASCII, optional
@@ -529,12 +533,7 @@ impl<'r, R: Read + Seek> Lines<'r, R> {
                     return Ok(None);
                 }
                 t => {
-                    return Err(Error::new(
-                        ErrorKind::UnexpectedRecord,
-                        "unexpected record type in content",
-                    )
-                    .at(rec.offset)
-                    .rec(t));
+                    return Err(unexpected_in_content(rec.offset, t));
                 }
             }
         }
