@@ -397,7 +397,10 @@ pub fn run(
     let total = locs.len();
     let mut write_error: Option<std::io::Error> = None;
     // One posthold at a time changes the queue (the daemon waits meanwhile).
-    let _exclusive = if opts.dry_run {
+    // While the lock is held, output to a pipe is kept in memory: a reader
+    // that stops reading (a pager) must not hold the daemon up.
+    let mut held_output: Option<Vec<u8>> = (!std::io::stdout().is_terminal()).then(Vec::new);
+    let exclusive = if opts.dry_run {
         None
     } else {
         Some(spool.exclusive()?)
@@ -428,8 +431,12 @@ pub fn run(
         }
         // A broken output (`release ALL | head`) must not stop the work
         // half way: the moved mail still needs its wake-up and fsync.
+        let target: &mut dyn Write = match held_output.as_mut() {
+            Some(b) => b,
+            None => &mut *out,
+        };
         if write_error.is_none()
-            && let Err(e) = print(out, &o, action.name(), opts.json)
+            && let Err(e) = print(target, &o, action.name(), opts.json)
         {
             write_error = Some(e);
         }
@@ -445,6 +452,13 @@ pub fn run(
     }
     // One wake-up per service, after all moves (Postfix ignores failures).
     trig.send(&spool.cfg);
+    drop(exclusive);
+    if let Some(b) = held_output.take()
+        && write_error.is_none()
+        && let Err(e) = out.write_all(&b)
+    {
+        write_error = Some(e);
+    }
     let summary = format!(
         "{}{}: {done} done, {skipped} skipped",
         action.name(),

@@ -208,6 +208,34 @@ impl Spool {
         Ok(f)
     }
 
+    /// [`Spool::exclusive`] for the daemon: waits in 100 ms steps and gives
+    /// up (None) when `stop` is set, so SIGTERM is never stuck behind a
+    /// command run by hand.
+    pub fn exclusive_until(
+        &self,
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> Result<Option<File>, Fatal> {
+        let f = File::open(&self.cfg.queue_directory)
+            .map_err(|e| Fatal::runtime(format!("{}: {e}", self.cfg.queue_directory.display())))?;
+        loop {
+            match f.try_lock() {
+                Ok(()) => return Ok(Some(f)),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return Ok(None);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(Fatal::runtime(format!(
+                        "{}: lock: {e}",
+                        self.cfg.queue_directory.display()
+                    )));
+                }
+            }
+        }
+    }
+
     /// Notes that a rename changed directory `rel`.
     pub fn changed(&self, rel: &str) {
         self.unsynced.borrow_mut().insert(rel.to_string());

@@ -524,8 +524,9 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
         };
         // One posthold at a time changes the queue: wait for a command run
         // by hand to finish.
-        let o = match spool.exclusive() {
-            Ok(_guard) => commands::act(&spool, &action, &d.loc, RunOpts::default(), trig),
+        let o = match spool.exclusive_until(&stop) {
+            Ok(Some(_guard)) => commands::act(&spool, &action, &d.loc, RunOpts::default(), trig),
+            Ok(None) => return false, // stopping: the next start decides again
             Err(e) => {
                 log.log(&format!("{}: {} not done: {e}", d.loc.id, action.name()));
                 return false;
