@@ -67,11 +67,6 @@ impl Shared {
     pub fn record_lateness(&mut self, us: u64) {
         push_bounded(&mut self.release_lateness_us, us);
     }
-
-    /// The q-quantile of the recorded decision latencies, in seconds.
-    pub fn latency_quantile(&self, q: f64) -> Option<f64> {
-        quantile(&self.decision_latency_us, q)
-    }
 }
 
 /// Upper bounds (seconds) of the held-age histogram buckets.
@@ -107,6 +102,17 @@ type AgeCache = Option<(std::time::Instant, i64, Vec<u64>, Duration)>;
 
 thread_local! {
     static AGES: std::cell::RefCell<AgeCache> = const { std::cell::RefCell::new(None) };
+}
+
+/// Appends a summary metric (p50, p99, count) of microsecond samples.
+fn summary(s: &mut String, name: &str, help: &str, samples: &std::collections::VecDeque<u64>) {
+    s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} summary\n"));
+    for q in [0.5, 0.99] {
+        if let Some(v) = quantile(samples, q) {
+            s.push_str(&format!("{name}{{quantile=\"{q}\"}} {v:.6}\n"));
+        }
+    }
+    s.push_str(&format!("{name}_count {}\n", samples.len()));
 }
 
 /// The metrics text (Prometheus exposition format 0.0.4).
@@ -162,30 +168,18 @@ pub fn render(cfg: &Config, shared: &Shared, now: i64) -> String {
             "posthold_actions_total{{action=\"{a}\",reason=\"{r}\"}} {n}\n"
         ));
     }
-    s.push_str("# HELP posthold_decision_latency_seconds Time from a file's commit to the daemon's decision (last 10,000).\n# TYPE posthold_decision_latency_seconds summary\n");
-    for q in [0.5, 0.99] {
-        if let Some(v) = shared.latency_quantile(q) {
-            s.push_str(&format!(
-                "posthold_decision_latency_seconds{{quantile=\"{q}\"}} {v:.6}\n"
-            ));
-        }
-    }
-    s.push_str(&format!(
-        "posthold_decision_latency_seconds_count {}\n",
-        shared.decision_latency_us.len()
-    ));
-    s.push_str("# HELP posthold_release_lateness_seconds Time from a due time to the release (last 10,000).\n# TYPE posthold_release_lateness_seconds summary\n");
-    for q in [0.5, 0.99] {
-        if let Some(v) = quantile(&shared.release_lateness_us, q) {
-            s.push_str(&format!(
-                "posthold_release_lateness_seconds{{quantile=\"{q}\"}} {v:.6}\n"
-            ));
-        }
-    }
-    s.push_str(&format!(
-        "posthold_release_lateness_seconds_count {}\n",
-        shared.release_lateness_us.len()
-    ));
+    summary(
+        &mut s,
+        "posthold_decision_latency_seconds",
+        "Time from a file's commit to the daemon's decision (last 10,000).",
+        &shared.decision_latency_us,
+    );
+    summary(
+        &mut s,
+        "posthold_release_lateness_seconds",
+        "Time from a due time to the release (last 10,000).",
+        &shared.release_lateness_us,
+    );
     s.push_str("# HELP posthold_errors_total Actions that could not be done.\n# TYPE posthold_errors_total counter\n");
     s.push_str(&format!("posthold_errors_total {}\n", shared.errors));
     s

@@ -68,11 +68,8 @@ fn fixture_spool() -> tempfile::TempDir {
     q
 }
 
-#[test]
-fn list_json_equals_stored_postqueue_lines() {
-    if !have_postfix() {
-        panic!("Postfix is not installed: run .ci/run (it installs it)");
-    }
+/// `posthold list ARGS` on a spool of every fixture.
+fn list_fixture_spool(args: &[&str]) -> std::process::Output {
     let cfg = empty_config();
     let q = fixture_spool();
     let mut c = posthold();
@@ -81,8 +78,16 @@ fn list_json_equals_stored_postqueue_lines() {
         .arg(cfg.path())
         .arg("--queue-directory")
         .arg(q.path())
-        .arg("--json");
-    let out = run(c);
+        .args(args);
+    run(c)
+}
+
+#[test]
+fn list_json_equals_stored_postqueue_lines() {
+    if !have_postfix() {
+        panic!("Postfix is not installed: run .ci/run (it installs it)");
+    }
+    let out = list_fixture_spool(&["--json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -199,16 +204,7 @@ fn cat_equals_live_postcat_with_many_options() {
 /// byte-identical; the due time and the bad-date flag come from the headers.
 #[test]
 fn list_extra_members_follow_postqueue_members() {
-    let cfg = empty_config();
-    let q = fixture_spool();
-    let mut c = posthold();
-    c.arg("list")
-        .arg("-c")
-        .arg(cfg.path())
-        .arg("--queue-directory")
-        .arg(q.path())
-        .args(["--json", "--extra"]);
-    let out = run(c);
+    let out = list_fixture_spool(&["--json", "--extra"]);
     assert!(
         out.status.success(),
         "{}",

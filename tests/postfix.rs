@@ -44,10 +44,7 @@ fn messages() -> Vec<(&'static str, Vec<&'static str>, Vec<u8>)> {
 }
 
 fn held_instance(long_ids: bool) -> (Instance, Vec<String>) {
-    assert!(
-        is_root() && have_postfix(),
-        "these tests need root and Postfix: run .ci/run"
-    );
+    require_postfix();
     let pf = Instance::start(long_ids);
     let msgs = messages();
     for (from, to, body) in &msgs {
@@ -133,33 +130,23 @@ fn long_ids_list_and_cat_equal_postfix_tools() {
     check_instance(true);
 }
 
+fn inode_and_mode(pf: &Instance, ids: &[String]) -> Vec<(u64, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    ids.iter()
+        .map(|id| std::fs::metadata(pf.queue().join("hold").join(id)).unwrap())
+        .map(|m| (m.ino(), m.mode()))
+        .collect()
+}
+
 #[test]
 fn list_is_read_only_and_held_mail_stays_held() {
     let (pf, held) = held_instance(false);
-    let before: Vec<_> = held
-        .iter()
-        .map(|id| std::fs::metadata(pf.queue().join("hold").join(id)).unwrap())
-        .map(|m| {
-            (
-                std::os::unix::fs::MetadataExt::ino(&m),
-                std::os::unix::fs::MetadataExt::mode(&m),
-            )
-        })
-        .collect();
+    let before = inode_and_mode(&pf, &held);
     let mut ph = pf.posthold("list");
     assert!(run(ph.arg("hold")).status.success());
     let mut ph = pf.posthold("cat");
     assert!(run(ph.arg("-q").args(&held)).status.success());
-    let after: Vec<_> = held
-        .iter()
-        .map(|id| std::fs::metadata(pf.queue().join("hold").join(id)).unwrap())
-        .map(|m| {
-            (
-                std::os::unix::fs::MetadataExt::ino(&m),
-                std::os::unix::fs::MetadataExt::mode(&m),
-            )
-        })
-        .collect();
+    let after = inode_and_mode(&pf, &held);
     assert_eq!(before, after);
     assert_eq!(pf.held(), held);
     let delivered = std::fs::read_dir(pf.dir.path().join("deliver"))
@@ -201,10 +188,7 @@ fn queue_files(pf: &Instance) -> Vec<(String, u64)> {
 
 #[test]
 fn released_mail_is_delivered_unchanged_held_mail_stays() {
-    assert!(
-        is_root() && have_postfix(),
-        "these tests need root and Postfix: run .ci/run"
-    );
+    require_postfix();
     let pf = Instance::start(false);
     for i in 0..3 {
         let body =
@@ -278,10 +262,7 @@ fn released_mail_is_delivered_unchanged_held_mail_stays() {
 /// deferred, not bounced.
 #[test]
 fn old_held_mail_released_through_maildrop_does_not_bounce() {
-    assert!(
-        is_root() && have_postfix(),
-        "these tests need root and Postfix: run .ci/run"
-    );
+    require_postfix();
     let pf = Instance::start_with(
         false,
         &["maximal_queue_lifetime=10s", "bounce_queue_lifetime=10s"],

@@ -49,6 +49,14 @@ impl Drop for Daemon {
     }
 }
 
+/// A started instance and a rules file with `text` in its directory.
+fn instance_with_rules(text: &str) -> (Instance, std::path::PathBuf) {
+    let pf = Instance::start(false);
+    let rules = pf.dir.path().join("rules.toml");
+    std::fs::write(&rules, text).unwrap();
+    (pf, rules)
+}
+
 fn now_ms() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -98,10 +106,7 @@ fn wait_until(deadline: Instant, what: &str, mut ok: impl FnMut() -> bool) {
 
 #[test]
 fn scheduled_mail_is_delivered_on_time_and_unchanged_others_stay_held() {
-    assert!(
-        is_root() && have_postfix(),
-        "these tests need root and Postfix: run .ci/run"
-    );
+    require_postfix();
     let pf = Instance::start(false);
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -239,17 +244,10 @@ fn scheduled_mail_is_delivered_on_time_and_unchanged_others_stay_held() {
 /// time, and is released at once: one loop, one delivery.
 #[test]
 fn old_scheduled_mail_loops_through_maildrop_once() {
-    assert!(
-        is_root() && have_postfix(),
-        "these tests need root and Postfix: run .ci/run"
-    );
-    let pf = Instance::start(false);
-    let rules = pf.dir.path().join("rules.toml");
-    std::fs::write(
-        &rules,
+    require_postfix();
+    let (pf, rules) = instance_with_rules(
         "[settings]\nrequeue_after = \"2s\"\n[[rule]]\nname = \"scheduled\"\nheader = \"X-Deliver-At\"\naction = \"release-at\"\n",
-    )
-    .unwrap();
+    );
     let daemon = Daemon::start(&pf, &["--rules", rules.to_str().unwrap()]);
     let due = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -281,10 +279,7 @@ fn old_scheduled_mail_loops_through_maildrop_once() {
 /// restarted: every message is delivered exactly once, none lost.
 #[test]
 fn sigkill_during_a_burst_loses_and_duplicates_nothing() {
-    assert!(
-        is_root() && have_postfix(),
-        "these tests need root and Postfix: run .ci/run"
-    );
+    require_postfix();
     const N: usize = 1000;
     let pf = Instance::start(false);
     let mut daemon = Daemon::start(&pf, &[]);
@@ -399,13 +394,8 @@ fn readme_rules_example_passes_check_config() {
 /// SIGHUP reloads the rules and the new rules apply to mail already held.
 #[test]
 fn sighup_reloads_rules() {
-    assert!(
-        is_root() && have_postfix(),
-        "these tests need root and Postfix: run .ci/run"
-    );
-    let pf = Instance::start(false);
-    let rules = pf.dir.path().join("rules.toml");
-    std::fs::write(&rules, "[[rule]]\nname = \"all\"\naction = \"keep\"\n").unwrap();
+    require_postfix();
+    let (pf, rules) = instance_with_rules("[[rule]]\nname = \"all\"\naction = \"keep\"\n");
     let daemon = Daemon::start(&pf, &["--rules", rules.to_str().unwrap()]);
     let past = rfc5322(
         SystemTime::now()

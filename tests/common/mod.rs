@@ -30,6 +30,14 @@ pub fn have_postfix() -> bool {
     Path::new("/usr/sbin/postcat").exists() && Path::new("/usr/sbin/postconf").exists()
 }
 
+/// Stops a test that needs root and a real Postfix, saying how to get them.
+pub fn require_postfix() {
+    assert!(
+        is_root() && have_postfix(),
+        "these tests need root and Postfix: run .ci/run"
+    );
+}
+
 /// Whether we are root (the harness and postsuper need it).
 pub fn is_root() -> bool {
     std::fs::metadata("/proc/self")
