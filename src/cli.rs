@@ -66,6 +66,27 @@ enum Command {
     CheckConfig(CheckConfigArgs),
     /// Summary of a running daemon (from its metrics endpoint).
     Status(StatusArgs),
+    /// Run the rules file's content scanners on messages; print what they
+    /// say and what the daemon would do (nothing is moved).
+    Scan(ScanArgs),
+}
+
+#[derive(Debug, Args)]
+struct ScanArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Rules file (TOML) with [scanner.NAME] tables.
+    #[arg(long, value_name = "FILE", required = true)]
+    rules: PathBuf,
+    /// Only this scanner, without the rules: its result per message.
+    #[arg(long, value_name = "NAME")]
+    scanner: Option<String>,
+    /// Messages scanned at once (default: the scanner's concurrency, or 1).
+    #[arg(long, value_name = "N")]
+    jobs: Option<usize>,
+    /// Queue IDs, - to read IDs from stdin, or ALL (the hold queue).
+    #[arg(required = true)]
+    ids: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -334,12 +355,58 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32
                 },
             )
         })(),
+        Command::Scan(a) => (|| {
+            let rules = crate::rules::Rules::load(Some(&a.rules))?;
+            let spool = Spool::open(a.common.load()?)?;
+            crate::scan::cli::run(
+                &spool,
+                rules,
+                &a.ids,
+                &crate::scan::cli::ScanOpts {
+                    scanner: a.scanner.clone(),
+                    jobs: a.jobs,
+                },
+                &mut out,
+            )
+        })(),
         Command::Status(a) => crate::metrics::parse_addr(&a.metrics)
             .and_then(|addr| crate::metrics::status(addr, &mut out)),
         Command::CheckConfig(a) => crate::rules::Rules::load(a.rules.as_deref()).and_then(|r| {
             for (i, rule) in r.rules.iter().enumerate() {
-                writeln!(out, "{}. {}: {:?}", i + 1, rule.name, rule.verdict)
+                let scan = rule
+                    .scanner()
+                    .map(|s| format!(" after scan {}", r.scanners[s].name))
+                    .unwrap_or_default();
+                writeln!(out, "{}. {}: {:?}{scan}", i + 1, rule.name, rule.verdict)
                     .map_err(|e| Fatal::runtime(format!("write error: {e}")))?;
+            }
+            for sc in &r.scanners {
+                writeln!(
+                    out,
+                    "scanner {}: {}, timeout={}s, concurrency={}, queue={}, max_size={}, on_oversize={}, poison_after={}, retry={}s..{}s",
+                    sc.name,
+                    match &sc.kind {
+                        crate::scan::Kind::Command { argv, user, .. } => format!(
+                            "command {argv:?}{}",
+                            user.as_ref().map(|u| format!(" as {}", u.0)).unwrap_or_default()
+                        ),
+                        crate::scan::Kind::Spamd { address, symbols, .. } => format!(
+                            "spamd {address} {}",
+                            if *symbols { "SYMBOLS" } else { "CHECK" }
+                        ),
+                        crate::scan::Kind::Clamd { address, chunk } =>
+                            format!("clamd {address} chunk={chunk}"),
+                    },
+                    sc.timeout.as_secs(),
+                    sc.concurrency,
+                    sc.queue,
+                    sc.max_size.map_or("none".to_string(), |n| n.to_string()),
+                    if sc.oversize_passes { "pass" } else { "keep" },
+                    sc.poison_after,
+                    sc.retry.as_secs(),
+                    sc.retry_max.as_secs(),
+                )
+                .map_err(|e| Fatal::runtime(format!("write error: {e}")))?;
             }
             writeln!(
                 out,

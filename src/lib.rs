@@ -18,6 +18,7 @@ pub mod list;
 pub mod metrics;
 pub mod relocate;
 pub mod rules;
+pub mod scan;
 pub mod spool;
 pub mod trigger;
 pub mod watch;

@@ -31,6 +31,9 @@ pub struct Shared {
     pub actions: BTreeMap<(String, String), u64>,
     /// Actions that failed (the message stayed where it was).
     pub errors: u64,
+    /// Scans by (scanner, result): `done`, `failed` (no strike), `strike`
+    /// (timeout or crash), `busy` (its queue was full).
+    pub scans: BTreeMap<(String, String), u64>,
     /// Commit-to-decision latencies in microseconds (file ctime to the
     /// scheduler's decision), the most recent ones.
     pub decision_latency_us: std::collections::VecDeque<u64>,
@@ -180,6 +183,12 @@ pub fn render(cfg: &Config, shared: &Shared, now: i64) -> String {
         "Time from a due time to the release (last 10,000).",
         &shared.release_lateness_us,
     );
+    s.push_str("# HELP posthold_scans_total Scans by scanner and result (done, failed, strike, busy).\n# TYPE posthold_scans_total counter\n");
+    for ((sc, r), n) in &shared.scans {
+        s.push_str(&format!(
+            "posthold_scans_total{{scanner=\"{sc}\",result=\"{r}\"}} {n}\n"
+        ));
+    }
     s.push_str("# HELP posthold_errors_total Actions that could not be done.\n# TYPE posthold_errors_total counter\n");
     s.push_str(&format!("posthold_errors_total {}\n", shared.errors));
     s

@@ -44,7 +44,8 @@ use queue_format::reader::{Mode, Reader};
 use crate::commands::{self, Action, RunOpts, Triggers};
 use crate::config::Config;
 use crate::error::Fatal;
-use crate::rules::{Facts, Rules, Verdict};
+use crate::rules::{Eval, Facts, Rules, Verdict};
+use crate::scan::board::{Board, Claim};
 use crate::spool::{Location, Spool};
 
 /// Daemon options.
@@ -85,6 +86,31 @@ pub struct Decision {
     pub committed_us: i64,
     /// Whether the message is a copy made by requeueing (never requeued again).
     pub requeued_copy: bool,
+    /// Kept for now; look again at this time (seconds): a scan failed or
+    /// its scanner was busy.
+    pub retry_at: Option<i64>,
+    /// The rules generation it was made under (stale ones are dropped).
+    pub generation: u64,
+}
+
+/// The rules in force, their generation (bumped by SIGHUP) and the queues
+/// in front of their scanners.
+pub struct Brain {
+    /// The rules.
+    pub rules: Rules,
+    /// Generation number.
+    pub generation: u64,
+    /// One bounded queue per scanner, by index.
+    pub queues: Vec<Sender<Job>>,
+}
+
+/// A scan to run.
+#[derive(Debug)]
+pub struct Job {
+    loc: Location,
+    ino: u64,
+    generation: u64,
+    scanner: usize,
 }
 
 fn now() -> i64 {
@@ -204,9 +230,15 @@ pub fn facts_of(cfg: &Config, loc: &Location, max_age_cap: u64) -> Option<(u64, 
     ))
 }
 
-/// Applies the rules to a file: the decision, or `None` if it is not ready.
-pub fn decide(cfg: &Config, rules: &Rules, loc: &Location) -> Option<Decision> {
+/// Applies the rules to a file: the decision, or `None` if it is not
+/// ready or a scan was started (the scan worker then decides).
+pub fn decide(cfg: &Config, brain: &Brain, board: &Board, loc: &Location) -> Option<Decision> {
     let (ino, facts, committed_us, requeued_copy) = facts_of(cfg, loc, u64::MAX / 2)?;
+    let results = if brain.rules.scanners.is_empty() {
+        Vec::new()
+    } else {
+        board.results(ino, &loc.id, brain.generation)
+    };
     let mut d = Decision {
         loc: loc.clone(),
         ino,
@@ -217,9 +249,45 @@ pub fn decide(cfg: &Config, rules: &Rules, loc: &Location) -> Option<Decision> {
         decided: now(),
         committed_us,
         requeued_copy,
+        retry_at: None,
+        generation: brain.generation,
     };
-    let Some(rule) = rules.decide(&facts) else {
-        return Some(d);
+    let rule = match brain.rules.evaluate(&facts, &results) {
+        Eval::Rule(None) => return Some(d),
+        Eval::Rule(Some(rule)) => rule,
+        Eval::Hold(reason) => {
+            d.reason = reason;
+            return Some(d);
+        }
+        Eval::Scan(si) => {
+            let name = &brain.rules.scanners[si].name;
+            match board.claim(ino, &loc.id, brain.generation, now_ms()) {
+                Claim::Busy => return None,
+                Claim::Wait(t) => {
+                    d.retry_at = Some(t.div_euclid(1000) + 1);
+                    d.reason = format!("reason=scan-retry, scanner={name}");
+                    return Some(d);
+                }
+                Claim::Go => {}
+            }
+            let job = Job {
+                loc: loc.clone(),
+                ino,
+                generation: brain.generation,
+                scanner: si,
+            };
+            return match brain.queues.get(si).map(|q| q.try_send(job)) {
+                Some(Ok(())) => None,
+                _ => {
+                    // Its queue is full: keep the message and look again.
+                    let retry = now() + RETRY_SECS;
+                    board.unclaim(ino, &loc.id, brain.generation, Some(retry * 1000));
+                    d.retry_at = Some(retry);
+                    d.reason = format!("reason=scanner-busy, scanner={name}");
+                    Some(d)
+                }
+            };
+        }
     };
     d.reason = format!("reason=rule, rule={}", rule.name);
     d.verdict = rule.verdict.clone();
@@ -227,7 +295,7 @@ pub fn decide(cfg: &Config, rules: &Rules, loc: &Location) -> Option<Decision> {
         let value = facts.header(h).unwrap_or("");
         match crate::deliver_at::parse(value) {
             None => {
-                d.verdict = rules.on_bad_date.clone();
+                d.verdict = brain.rules.on_bad_date.clone();
                 d.reason = format!(
                     "reason=bad-date, rule={}, {h}={:?}",
                     rule.name,
@@ -236,9 +304,9 @@ pub fn decide(cfg: &Config, rules: &Rules, loc: &Location) -> Option<Decision> {
             }
             Some(t)
                 if t.timestamp()
-                    > now().saturating_add(rules.horizon.min(i64::MAX as u64) as i64) =>
+                    > now().saturating_add(brain.rules.horizon.min(i64::MAX as u64) as i64) =>
             {
-                d.verdict = rules.on_bad_date.clone();
+                d.verdict = brain.rules.on_bad_date.clone();
                 d.reason = format!(
                     "reason=beyond-horizon, rule={}, {h}={}",
                     rule.name,
@@ -252,6 +320,162 @@ pub fn decide(cfg: &Config, rules: &Rules, loc: &Location) -> Option<Decision> {
         }
     }
     Some(d)
+}
+
+/// What scan workers share.
+struct ScanCtx {
+    cfg: Config,
+    brain: Arc<RwLock<Brain>>,
+    board: Arc<Board>,
+    decisions: Sender<Decision>,
+    stop: Arc<AtomicBool>,
+    log: Logger,
+    shared: Arc<std::sync::Mutex<crate::metrics::Shared>>,
+}
+
+/// One scan worker: takes jobs for one scanner until its queue closes
+/// (rules reloaded) or the daemon stops.
+fn scan_worker(ctx: Arc<ScanCtx>, rx: Receiver<Job>) {
+    while !ctx.stop.load(Ordering::Relaxed) {
+        let job = match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(j) => j,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        };
+        let Job {
+            loc,
+            ino,
+            generation,
+            scanner: si,
+        } = job;
+        let sc = {
+            let b = ctx.brain.read().expect("BUG: rules lock poisoned");
+            if b.generation != generation {
+                continue; // rules reloaded: the rescan decides again
+            }
+            Arc::clone(&b.rules.scanners[si])
+        };
+        let path = ctx.cfg.queue_directory.join(loc.path());
+        let msg = match crate::scan::Message::open(&path, &loc.id, Some(ino)) {
+            Ok(m) => m,
+            Err(_) => {
+                // Gone from hold, replaced or unreadable: the next event
+                // or scan decides.
+                ctx.board.unclaim(ino, &loc.id, generation, None);
+                continue;
+            }
+        };
+        let started = Instant::now();
+        let result = sc.scan(&msg, &ctx.stop);
+        drop(msg);
+        if ctx.stop.load(Ordering::Relaxed) {
+            return; // not a result: the next start scans again
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let label = match &result {
+            Ok(_) => "done",
+            Err(f) if f.strike => "strike",
+            Err(_) => "failed",
+        };
+        *ctx.shared
+            .lock()
+            .expect("BUG: metrics lock poisoned")
+            .scans
+            .entry((sc.name.clone(), label.into()))
+            .or_insert(0) += 1;
+        let d = match result {
+            Ok(outcome) => {
+                ctx.log.log(&format!(
+                    "{}: scanned, scanner={}, {}, time={secs:.3}s",
+                    loc.id,
+                    sc.name,
+                    outcome.describe()
+                ));
+                if !ctx.board.succeeded(ino, &loc.id, generation, si, outcome) {
+                    continue;
+                }
+                let b = ctx.brain.read().expect("BUG: rules lock poisoned");
+                if b.generation != generation {
+                    continue;
+                }
+                // The next rule may need another scanner: decide() queues it.
+                match decide(&ctx.cfg, &b, &ctx.board, &loc) {
+                    Some(d) => d,
+                    None => continue,
+                }
+            }
+            Err(f) => {
+                let Some(st) = ctx.board.failed(
+                    ino,
+                    &loc.id,
+                    generation,
+                    f.strike,
+                    |n| sc.backoff(n),
+                    now_ms(),
+                ) else {
+                    continue;
+                };
+                let poison = st.strikes >= sc.poison_after;
+                ctx.log.log(&format!(
+                    "{}: scan failed, scanner={}, error={}, time={secs:.3}s, failures={}, strikes={}/{}{}",
+                    loc.id,
+                    sc.name,
+                    f.what,
+                    st.failures,
+                    st.strikes,
+                    sc.poison_after,
+                    if poison {
+                        String::new()
+                    } else {
+                        format!(", retry in {}s", (st.retry_ms - now_ms()).max(0) / 1000)
+                    }
+                ));
+                let mut d = Decision {
+                    loc: loc.clone(),
+                    ino,
+                    verdict: Verdict::Keep,
+                    due: None,
+                    reason: format!("reason=scan-failed, scanner={}", sc.name),
+                    held: 0,
+                    decided: now(),
+                    committed_us: 0,
+                    requeued_copy: false,
+                    retry_at: Some(st.retry_ms.div_euclid(1000) + 1),
+                    generation,
+                };
+                if poison {
+                    d.verdict = Verdict::Quarantine;
+                    d.retry_at = None;
+                    d.reason = format!(
+                        "reason=poison, scanner={}, strikes={}, error={}",
+                        sc.name, st.strikes, f.what
+                    );
+                }
+                d
+            }
+        };
+        if !send_or_stop(&ctx.decisions, d, &ctx.stop) {
+            return;
+        }
+    }
+}
+
+/// Starts the scan workers of a rule set; returns their queues.
+fn start_scanners(
+    ctx: &Arc<ScanCtx>,
+    rules: &Rules,
+    threads: &mut Vec<std::thread::JoinHandle<()>>,
+) -> Vec<Sender<Job>> {
+    let mut queues = Vec::new();
+    for sc in &rules.scanners {
+        let (tx, rx) = bounded::<Job>(sc.queue);
+        for _ in 0..sc.concurrency {
+            let (ctx, rx) = (Arc::clone(ctx), rx.clone());
+            threads.push(std::thread::spawn(move || scan_worker(ctx, rx)));
+        }
+        queues.push(tx);
+    }
+    queues
 }
 
 /// Seconds before a failed action (file locked, raced) is tried again.
@@ -272,10 +496,43 @@ enum Kind {
     Keep,
     KeepBad,
     Scheduled,
+    /// Kept until `due`, then looked at again (a scan failed or waits).
+    Retry,
+    /// Sent to the parsers again; their decision replaces it.
+    Looking,
 }
 
 enum Work {
     Look(Location),
+}
+
+/// Keeps the counters right when an entry goes.
+fn forget(kind: Kind, n_scheduled: &mut usize, n_bad: &mut usize) {
+    match kind {
+        Kind::Scheduled => *n_scheduled -= 1,
+        Kind::KeepBad => *n_bad -= 1,
+        Kind::Keep | Kind::Retry | Kind::Looking => {}
+    }
+}
+
+/// A command scanner's `user` needs root: refuse a rules file that asks
+/// for it when the daemon will run as mail_owner.
+fn check_scanner_users(rules: &Rules, will_drop: bool, owner: u32) -> Result<(), Fatal> {
+    for sc in &rules.scanners {
+        if let crate::scan::Kind::Command {
+            user: Some((name, uid, _)),
+            ..
+        } = &sc.kind
+            && *uid != owner
+            && (will_drop || !nix::unistd::geteuid().is_root())
+        {
+            return Err(Fatal::config(format!(
+                "scanner {}: user {name} needs the daemon to run as root (--no-drop-privileges)",
+                sc.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Sends without ever blocking past a stop request: a full channel slows
@@ -402,8 +659,10 @@ fn watcher(
 /// Runs the daemon until SIGTERM or SIGINT; returns the exit status.
 pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
     let log = Logger::new(opts.syslog);
-    let rules = Arc::new(RwLock::new(Rules::load(opts.rules.as_deref())?));
+    let rules = Rules::load(opts.rules.as_deref())?;
     let spool = Spool::open(cfg.clone())?;
+    let will_drop = opts.drop_privileges && nix::unistd::geteuid().is_root();
+    check_scanner_users(&rules, will_drop, spool.owner.0)?;
     let stop = Arc::new(AtomicBool::new(false));
     let hup = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -428,7 +687,7 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
     log.log(&format!(
         "starting: queue {}, {} rules, scan every {}s",
         cfg.queue_directory.display(),
-        rules.read().map(|r| r.rules.len()).unwrap_or(0),
+        rules.rules.len(),
         opts.scan_interval.as_secs()
     ));
 
@@ -444,6 +703,26 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
     };
     let (work_tx, work_rx): (Sender<Work>, Receiver<Work>) = bounded(4096);
     let (dec_tx, dec_rx): (Sender<Decision>, Receiver<Decision>) = bounded(4096);
+    let board = Arc::new(Board::default());
+    let brain = Arc::new(RwLock::new(Brain {
+        rules,
+        generation: 1,
+        queues: Vec::new(),
+    }));
+    let scan_ctx = Arc::new(ScanCtx {
+        cfg: cfg.clone(),
+        brain: Arc::clone(&brain),
+        board: Arc::clone(&board),
+        decisions: dec_tx.clone(),
+        stop: Arc::clone(&stop),
+        log: log.clone(),
+        shared: Arc::clone(&shared),
+    });
+    let mut scan_threads = Vec::new();
+    {
+        let mut b = brain.write().expect("BUG: rules lock poisoned");
+        b.queues = start_scanners(&scan_ctx, &b.rules, &mut scan_threads);
+    }
     // Decisions the scheduler itself made again (unbounded, but only ever
     // holds what was due in one pass).
     let (work_again, again_rx) = crossbeam_channel::unbounded::<Decision>();
@@ -462,16 +741,20 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
             watcher(cfg, tx, stop, rescan, interval, log)
         }));
     }
+    // The scheduler sends messages whose retry time came back to the parsers.
+    let relook = work_tx.clone();
     drop(work_tx);
+    let mut parsers = Vec::new();
     for _ in 0..opts.workers.max(1) {
-        let (cfg, rx, tx, rules) = (
+        let (cfg, rx, tx, brain, board) = (
             cfg.clone(),
             work_rx.clone(),
             dec_tx.clone(),
-            Arc::clone(&rules),
+            Arc::clone(&brain),
+            Arc::clone(&board),
         );
         let stop = Arc::clone(&stop);
-        threads.push(std::thread::spawn(move || {
+        parsers.push(std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 let loc = match rx.recv_timeout(Duration::from_millis(100)) {
                     Ok(Work::Look(loc)) => loc,
@@ -480,7 +763,12 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
                 };
                 // Read-locked, not cloned: a clone per message cost more
                 // than reading the message.
-                let d = decide(&cfg, &rules.read().expect("BUG: rules lock poisoned"), &loc);
+                let d = decide(
+                    &cfg,
+                    &brain.read().expect("BUG: rules lock poisoned"),
+                    &board,
+                    &loc,
+                );
                 if let Some(d) = d
                     && !send_or_stop(&tx, d, &stop)
                 {
@@ -499,7 +787,7 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
     let mut heap: BinaryHeap<Reverse<(i64, u64)>> = BinaryHeap::new();
     let (mut n_scheduled, mut n_bad) = (0usize, 0usize);
     let mut trig = Triggers::default();
-    let requeue_after = || rules.read().map(|r| r.requeue_after).unwrap_or(None);
+    let requeue_after = || brain.read().map(|b| b.rules.requeue_after).unwrap_or(None);
     // Returns false when the action failed and the message is still held
     // (locked, raced, ...): the caller schedules a retry.
     let perform = |d: &Decision, trig: &mut Triggers| -> bool {
@@ -600,27 +888,39 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
                     std::fs::symlink_metadata(qd.join(spool.queue_dir("hold", &e.id)).join(&*e.id))
                         .is_ok_and(|m| m.ino() == *ino);
                 if !keep {
-                    match e.kind {
-                        Kind::Scheduled => n_scheduled -= 1,
-                        Kind::KeepBad => n_bad -= 1,
-                        Kind::Keep => {}
-                    }
+                    forget(e.kind, &mut n_scheduled, &mut n_bad);
                 }
                 keep
+            });
+            board.retain(|ino, id| {
+                std::fs::symlink_metadata(qd.join(spool.queue_dir("hold", id)).join(id))
+                    .is_ok_and(|m| m.ino() == ino)
             });
             next_gc = Instant::now() + opts.scan_interval;
         }
         if hup.swap(false, Ordering::Relaxed) {
             match Rules::load(opts.rules.as_deref()) {
-                Ok(r) => {
-                    *rules.write().expect("BUG: rules lock poisoned") = r;
-                    state.clear();
-                    heap.clear();
-                    (n_scheduled, n_bad) = (0, 0);
-                    rescan.store(true, Ordering::Relaxed);
-                    log.log("rules reloaded");
-                    log.flush();
-                }
+                Ok(r) => match check_scanner_users(&r, will_drop, spool.owner.0) {
+                    Err(e) => log.log(&format!("warning: rules not reloaded: {e}")),
+                    Ok(()) => {
+                        // New scanners, a new generation: decisions, scans and
+                        // results of the old rules are dropped as they come.
+                        let queues = start_scanners(&scan_ctx, &r, &mut scan_threads);
+                        {
+                            let mut b = brain.write().expect("BUG: rules lock poisoned");
+                            b.rules = r;
+                            b.generation += 1;
+                            b.queues = queues;
+                        }
+                        board.clear();
+                        state.clear();
+                        heap.clear();
+                        (n_scheduled, n_bad) = (0, 0);
+                        rescan.store(true, Ordering::Relaxed);
+                        log.log("rules reloaded");
+                        log.flush();
+                    }
+                },
                 Err(e) => log.log(&format!("warning: rules not reloaded: {e}")),
             }
         }
@@ -631,7 +931,26 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
                 break;
             }
             heap.pop();
-            let Some(e) = state.get(&ino) else { continue };
+            let Some(e) = state.get_mut(&ino) else {
+                continue;
+            };
+            if e.kind == Kind::Retry && e.due * 1000 == due_ms {
+                // Look again (scan retry): the parsers decide afresh. The
+                // entry stays, so the new decision is not a first one.
+                let loc = Location {
+                    queue: "hold".into(),
+                    dir: spool.queue_dir("hold", &e.id),
+                    id: e.id.to_string(),
+                };
+                match relook.try_send(Work::Look(loc)) {
+                    Ok(()) => e.kind = Kind::Looking,
+                    Err(_) => {
+                        e.due = now() + 1;
+                        heap.push(Reverse((e.due * 1000, ino)));
+                    }
+                }
+                continue;
+            }
             if e.kind != Kind::Scheduled || e.due * 1000 != due_ms {
                 continue; // superseded by a later decision
             }
@@ -644,7 +963,8 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
             };
             let again = decide(
                 &spool.cfg,
-                &rules.read().expect("BUG: rules lock poisoned"),
+                &brain.read().expect("BUG: rules lock poisoned"),
+                &board,
                 &loc,
             );
             match again {
@@ -683,6 +1003,14 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
                 Ok(d) => d,
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                     log.flush();
+                    if parsers.iter().all(|p| p.is_finished()) && !stop.load(Ordering::Relaxed) {
+                        // Every parser is gone (a panic): exit non-zero so
+                        // that the service manager restarts the daemon.
+                        log.log("fatal: parser threads stopped");
+                        log.flush();
+                        stop.store(true, Ordering::Relaxed);
+                        return Err(Fatal::runtime("parser threads stopped"));
+                    }
                     continue;
                 }
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
@@ -697,7 +1025,11 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
                 }
             },
         };
+        if d.generation != brain.read().expect("BUG: rules lock poisoned").generation {
+            continue; // made under rules since replaced: the rescan decides again
+        }
         let kind = match (&d.verdict, d.due) {
+            (Verdict::Keep, _) if d.retry_at.is_some() => Some(Kind::Retry),
             (Verdict::Keep, _)
                 if d.reason.starts_with("reason=bad-date")
                     || d.reason.starts_with("reason=beyond-horizon") =>
@@ -712,9 +1044,14 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
         if kind.is_none() && prev.is_some_and(|p| p.kind == Kind::Scheduled) {
             continue; // due or retrying: the heap acts on it, re-reading it first
         }
+        let new_due = if kind == Some(Kind::Retry) {
+            d.retry_at
+        } else {
+            d.due
+        };
         if let (Some(p), Some(k)) = (prev, kind)
             && p.kind == k
-            && (k != Kind::Scheduled || Some(p.due) == d.due)
+            && (!matches!(k, Kind::Scheduled | Kind::Retry) || Some(p.due) == new_due)
         {
             continue; // already decided the same way
         }
@@ -726,11 +1063,7 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
                 .record_latency(us);
         }
         if let Some(old) = state.remove(&d.ino) {
-            match old.kind {
-                Kind::Scheduled => n_scheduled -= 1,
-                Kind::KeepBad => n_bad -= 1,
-                Kind::Keep => {}
-            }
+            forget(old.kind, &mut n_scheduled, &mut n_bad);
         }
         match kind {
             Some(k) => {
@@ -746,6 +1079,17 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
                     ));
                     heap.push(Reverse((due * 1000, d.ino)));
                     n_scheduled += 1;
+                } else if k == Kind::Retry {
+                    let at = d.retry_at.expect("BUG: retry without a time");
+                    log.log(&format!(
+                        "{}: keep, {}, retry={}",
+                        d.loc.id,
+                        d.reason,
+                        chrono::DateTime::from_timestamp(at, 0)
+                            .map(|t| t.to_rfc3339())
+                            .unwrap_or_default()
+                    ));
+                    heap.push(Reverse((at * 1000, d.ino)));
                 } else {
                     log.log(&format!(
                         "{}: keep, {}, held={}s",
@@ -759,7 +1103,7 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
                     d.ino,
                     Entry {
                         id: d.loc.id.clone().into_boxed_str(),
-                        due: d.due.unwrap_or(0),
+                        due: new_due.unwrap_or(0),
                         kind: k,
                     },
                 );
@@ -793,7 +1137,7 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
     ));
     log.flush();
     drop(dec_rx);
-    for t in threads {
+    for t in threads.into_iter().chain(parsers).chain(scan_threads) {
         let _ = t.join();
     }
     if let Some(t) = metrics_thread {

@@ -547,6 +547,102 @@ impl<'r, R: Read + Seek> Lines<'r, R> {
     }
 }
 
+/// The message as delivered (headers and body, as `postcat -hb` shows
+/// them), as a byte stream: each `N` record is a line ending in a newline,
+/// `L` records are parts of a longer line, and a last line without a
+/// newline gets one. Streamed record by record: a hostile file with one
+/// huge line never makes it buffer more than one record.
+///
+/// Reading fails (`InvalidData`) on any record that does not belong in
+/// the content, and when the content does not end in the extracted segment.
+pub struct MessageContent<'r, R> {
+    reader: &'r mut Reader<R>,
+    buf: Vec<u8>,
+    pos: usize,
+    newline: bool,
+    partial: bool,
+    done: bool,
+}
+
+impl<'r, R: Read + Seek> MessageContent<'r, R> {
+    /// Starts at the content of a file whose `M` record is at `mesg_at`
+    /// (from [`Envelope::content_offset`]).
+    pub fn new(reader: &'r mut Reader<R>, mesg_at: u64) -> Result<MessageContent<'r, R>> {
+        reader.seek(mesg_at + 2)?;
+        Ok(MessageContent {
+            reader,
+            buf: Vec::new(),
+            pos: 0,
+            newline: false,
+            partial: false,
+            done: false,
+        })
+    }
+
+    /// Loads the next record; false at the end.
+    fn refill(&mut self) -> Result<bool> {
+        loop {
+            if self.done {
+                return Ok(false);
+            }
+            let Some(rec) = self.reader.next(&mut self.buf)? else {
+                return Err(Error::new(
+                    ErrorKind::MissingRecord,
+                    "content does not end in an extracted segment",
+                )
+                .at(self.reader.position()));
+            };
+            self.pos = 0;
+            match rec.rtype {
+                rt::CONT => {
+                    self.partial = true;
+                    self.newline = false;
+                }
+                rt::NORM => {
+                    self.partial = false;
+                    self.newline = true;
+                }
+                rt::XTRA => {
+                    self.done = true;
+                    self.buf.clear();
+                    self.newline = self.partial;
+                    self.partial = false;
+                }
+                t => return Err(unexpected_in_content(rec.offset, t)),
+            }
+            if !self.buf.is_empty() || self.newline {
+                return Ok(true);
+            }
+        }
+    }
+}
+
+impl<R: Read + Seek> Read for MessageContent<'_, R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        if self.pos >= self.buf.len()
+            && !self.newline
+            && !self
+                .refill()
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?
+        {
+            return Ok(0);
+        }
+        if self.pos < self.buf.len() {
+            let n = out.len().min(self.buf.len() - self.pos);
+            out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+            self.pos += n;
+            return Ok(n);
+        }
+        // The record's payload is out; its newline is due.
+        self.newline = false;
+        out[0] = b'\n';
+        Ok(1)
+    }
+}
+
 /// Reads the header of a message (never the body) as `(name, value)`
 /// pairs in order, folded lines joined with one space, names and values
 /// trimmed. Lines that are not headers are skipped.
@@ -576,6 +672,25 @@ pub fn read_headers<R: Read + Seek>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_content_streams_lines_and_ends_a_last_partial_line() {
+        let bytes = crate::writer::Builder::new(1, "a@b")
+            .recipient("r@x")
+            .header("Subject: one")
+            .body_line("body")
+            .build();
+        let mut r = Reader::new(std::io::Cursor::new(&bytes)).unwrap();
+        let env = read_envelope(&mut r).unwrap();
+        let mut out = Vec::new();
+        let mut c = MessageContent::new(&mut r, env.content_offset.unwrap()).unwrap();
+        // One byte at a time: every boundary between records and newlines.
+        let mut b = [0u8; 1];
+        while c.read(&mut b).unwrap() == 1 {
+            out.push(b[0]);
+        }
+        assert_eq!(out, b"Subject: one\n\nbody\n");
+    }
 
     #[test]
     fn headers_are_unfolded_and_stop_at_the_body() {

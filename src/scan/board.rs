@@ -1,0 +1,230 @@
+//! What the daemon remembers of scans, per held message (keyed by inode,
+//! checked against the queue ID): results so far, whether a scan is
+//! queued or running, failures and strikes, and when it may be tried
+//! again. Memory only: a restart scans again from the spool.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::Outcome;
+
+#[derive(Debug, Default)]
+struct Slot {
+    id: Box<str>,
+    generation: u64,
+    results: Vec<(usize, Outcome)>,
+    busy: bool,
+    failures: u32,
+    strikes: u32,
+    not_before_ms: i64,
+}
+
+/// May a scan start now?
+#[derive(Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Yes: the message is now marked busy.
+    Go,
+    /// A scan is queued or running; it will decide.
+    Busy,
+    /// Not before this time (ms), after a failure.
+    Wait(i64),
+}
+
+/// After a failed scan.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Failed {
+    /// Failures in a row.
+    pub failures: u32,
+    /// Timeouts and crashes so far.
+    pub strikes: u32,
+    /// When to try again (ms).
+    pub retry_ms: i64,
+}
+
+/// Scan state of held messages, shared by parsers and scan workers.
+#[derive(Debug, Default)]
+pub struct Board {
+    slots: Mutex<HashMap<u64, Slot>>,
+}
+
+impl Board {
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<u64, Slot>) -> T) -> T {
+        f(&mut self.slots.lock().expect("BUG: scan board poisoned"))
+    }
+
+    /// The slot for (inode, ID) under rules generation `generation`; a slot of
+    /// another message or generation is started afresh.
+    fn slot<'m>(
+        m: &'m mut HashMap<u64, Slot>,
+        ino: u64,
+        id: &str,
+        generation: u64,
+    ) -> &'m mut Slot {
+        let s = m.entry(ino).or_default();
+        if *s.id != *id || s.generation != generation {
+            *s = Slot {
+                id: id.into(),
+                generation,
+                ..Slot::default()
+            };
+        }
+        s
+    }
+
+    /// Results known for this message.
+    pub fn results(&self, ino: u64, id: &str, generation: u64) -> Vec<(usize, Outcome)> {
+        self.with(|m| match m.get(&ino) {
+            Some(s) if *s.id == *id && s.generation == generation => s.results.clone(),
+            _ => Vec::new(),
+        })
+    }
+
+    /// Claims the message for a scan.
+    pub fn claim(&self, ino: u64, id: &str, generation: u64, now_ms: i64) -> Claim {
+        self.with(|m| {
+            let s = Self::slot(m, ino, id, generation);
+            if s.busy {
+                Claim::Busy
+            } else if s.not_before_ms > now_ms {
+                Claim::Wait(s.not_before_ms)
+            } else {
+                s.busy = true;
+                Claim::Go
+            }
+        })
+    }
+
+    /// Gives a claim back without a result (the scanner's queue was full,
+    /// the file went away, the daemon stops); `retry_ms` delays the next.
+    pub fn unclaim(&self, ino: u64, id: &str, generation: u64, retry_ms: Option<i64>) {
+        self.with(|m| {
+            if let Some(s) = m.get_mut(&ino)
+                && *s.id == *id
+                && s.generation == generation
+            {
+                s.busy = false;
+                if let Some(t) = retry_ms {
+                    s.not_before_ms = t;
+                }
+            }
+        })
+    }
+
+    /// Records a result; false if the message's slot is gone or of
+    /// another generation (the result is then dropped).
+    pub fn succeeded(
+        &self,
+        ino: u64,
+        id: &str,
+        generation: u64,
+        scanner: usize,
+        o: Outcome,
+    ) -> bool {
+        self.with(|m| match m.get_mut(&ino) {
+            Some(s) if *s.id == *id && s.generation == generation => {
+                s.busy = false;
+                s.failures = 0;
+                s.results.retain(|(i, _)| *i != scanner);
+                s.results.push((scanner, o));
+                true
+            }
+            _ => false,
+        })
+    }
+
+    /// Records a failure; `None` if the slot is gone or of another
+    /// generation.
+    pub fn failed(
+        &self,
+        ino: u64,
+        id: &str,
+        generation: u64,
+        strike: bool,
+        backoff: impl Fn(u32) -> Duration,
+        now_ms: i64,
+    ) -> Option<Failed> {
+        self.with(|m| match m.get_mut(&ino) {
+            Some(s) if *s.id == *id && s.generation == generation => {
+                s.busy = false;
+                s.failures = s.failures.saturating_add(1);
+                s.strikes = s.strikes.saturating_add(strike as u32);
+                let wait = backoff(s.failures).as_millis().min(i64::MAX as u128) as i64;
+                s.not_before_ms = now_ms.saturating_add(wait);
+                Some(Failed {
+                    failures: s.failures,
+                    strikes: s.strikes,
+                    retry_ms: s.not_before_ms,
+                })
+            }
+            _ => None,
+        })
+    }
+
+    /// Keeps the slots for which `keep(inode, id)` holds.
+    pub fn retain(&self, mut keep: impl FnMut(u64, &str) -> bool) {
+        self.with(|m| m.retain(|ino, s| s.busy || keep(*ino, &s.id)))
+    }
+
+    /// Forgets everything (rules reloaded).
+    pub fn clear(&self) {
+        self.with(|m| m.clear())
+    }
+
+    /// Messages with scan state.
+    pub fn len(&self) -> usize {
+        self.with(|m| m.len())
+    }
+
+    /// Whether no message has scan state.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_results_failures_and_generations() {
+        let b = Board::default();
+        let back = |n: u32| Duration::from_secs(10 * n as u64);
+        assert_eq!(b.claim(7, "A", 1, 0), Claim::Go);
+        assert_eq!(b.claim(7, "A", 1, 0), Claim::Busy);
+        let f = b.failed(7, "A", 1, true, back, 1000).unwrap();
+        assert_eq!(
+            f,
+            Failed {
+                failures: 1,
+                strikes: 1,
+                retry_ms: 11_000
+            }
+        );
+        assert_eq!(b.claim(7, "A", 1, 5000), Claim::Wait(11_000));
+        assert_eq!(b.claim(7, "A", 1, 11_000), Claim::Go);
+        let f = b.failed(7, "A", 1, false, back, 11_000).unwrap();
+        assert_eq!(
+            f,
+            Failed {
+                failures: 2,
+                strikes: 1,
+                retry_ms: 31_000
+            }
+        );
+        assert_eq!(b.claim(7, "A", 1, 31_000), Claim::Go);
+        assert!(b.succeeded(7, "A", 1, 0, Outcome::Virus(None)));
+        assert_eq!(b.results(7, "A", 1), vec![(0, Outcome::Virus(None))]);
+        // Another message on the same inode, or new rules: a fresh start.
+        assert!(b.results(7, "B", 1).is_empty());
+        assert!(b.results(7, "A", 2).is_empty());
+        assert_eq!(b.claim(7, "A", 2, 0), Claim::Go);
+        // A result from the old generation is dropped.
+        assert!(!b.succeeded(7, "A", 1, 0, Outcome::Virus(None)));
+        assert!(b.failed(7, "A", 1, true, back, 0).is_none());
+        b.unclaim(7, "A", 2, Some(99));
+        assert_eq!(b.claim(7, "A", 2, 0), Claim::Wait(99));
+        b.retain(|_, _| false);
+        assert!(b.is_empty());
+    }
+}

@@ -1,0 +1,424 @@
+//! Content scanners: external commands, spamd and clamd.
+//!
+//! Every scanner gets the message as delivered, rebuilt from the queue
+//! file and streamed (`postcat -hb`'s output, see
+//! [`queue_format::queue_file::MessageContent`]), never the raw queue file.
+//! The queue file is opened read-only; nothing here changes the spool.
+//!
+//! Scanners fail closed. A scan ends in an [`Outcome`] only when the
+//! scanner gave a complete answer that the rules can name: exit 0 or a code
+//! a rule names, a well-formed spamd or clamd reply, or "too large to
+//! scan". Anything else (a timeout, a crash, a signal, EX_TEMPFAIL, an
+//! unnamed exit code, a refused connection, a truncated, garbled or extra
+//! reply) is a [`Failure`]: the message stays held and is tried again.
+//! Timeouts and crashes are *strikes*: enough of them on one message make
+//! it a poison message, which the daemon quarantines.
+
+pub mod board;
+pub mod clamd;
+pub mod cli;
+pub mod command;
+pub mod net;
+pub mod spamd;
+
+use std::fs::File;
+use std::io::{BufReader, Read, Seek};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use queue_format::queue_file::{Envelope, MessageContent, RecipientState, read_envelope};
+use queue_format::reader::{Mode, Reader};
+
+/// What a scanner said about a message, in terms the rules can name.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// An external command's exit code (0, or one a rule names).
+    Exit(i32),
+    /// spamd's answer.
+    Spam {
+        /// spamd's own verdict (score at or above its threshold).
+        spam: bool,
+        /// The score.
+        score: f64,
+        /// spamd's threshold (required_score).
+        threshold: f64,
+        /// Rule names that hit (SYMBOLS only).
+        symbols: Vec<String>,
+    },
+    /// clamd's answer: the signature found, or `None` when clean.
+    Virus(Option<String>),
+    /// Larger than the scanner's `max_size`: not scanned (bytes).
+    Oversize(u64),
+}
+
+impl Outcome {
+    /// A short description for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Outcome::Exit(c) => format!("exit={c}"),
+            Outcome::Spam {
+                spam,
+                score,
+                threshold,
+                ..
+            } => format!(
+                "{}, score={score}/{threshold}",
+                if *spam { "spam" } else { "ham" }
+            ),
+            Outcome::Virus(None) => "clean".into(),
+            Outcome::Virus(Some(v)) => format!("infected, virus={}", sanitize(v.as_bytes(), 120)),
+            Outcome::Oversize(n) => format!("oversize, size={n}"),
+        }
+    }
+}
+
+/// A scan that gave no usable answer. The message stays held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// A timeout or crash that counts towards the poison limit.
+    pub strike: bool,
+    /// What happened, for the log (already sanitized).
+    pub what: String,
+}
+
+impl Failure {
+    /// A failure that is not the message's fault (scanner down, busy,
+    /// temporary failure, garbled reply).
+    pub fn soft(what: impl Into<String>) -> Failure {
+        Failure {
+            strike: false,
+            what: what.into(),
+        }
+    }
+
+    /// A timeout or a crash while this message was being scanned.
+    pub fn strike(what: impl Into<String>) -> Failure {
+        Failure {
+            strike: true,
+            what: what.into(),
+        }
+    }
+}
+
+/// Where a network scanner listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    /// `host:port`.
+    Tcp(String),
+    /// A unix socket's path.
+    Unix(std::path::PathBuf),
+}
+
+impl Address {
+    /// `/path` is a unix socket, anything else `host:port`.
+    pub fn parse(s: &str) -> Result<Address, String> {
+        if s.starts_with('/') {
+            Ok(Address::Unix(s.into()))
+        } else if s
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+        {
+            Ok(Address::Tcp(s.into()))
+        } else {
+            Err(format!("address {s:?}: host:port or /path/to/socket"))
+        }
+    }
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Address::Tcp(a) => f.write_str(a),
+            Address::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// The kind of scanner and its own settings.
+#[derive(Debug, Clone)]
+pub enum Kind {
+    /// An external command: argv, never a shell.
+    Command {
+        /// Program and arguments; `{queue_id}` and `{sender}` are replaced
+        /// inside arguments, an argument `{recipients}` becomes one
+        /// argument per recipient.
+        argv: Vec<String>,
+        /// Run as this user (uid, gid) instead of the daemon's.
+        user: Option<(String, u32, u32)>,
+        /// Extra environment (the rest is cleared but for PATH).
+        env: Vec<(String, String)>,
+        /// Output kept (bytes); the rest is read and dropped.
+        output_cap: usize,
+        /// Exit codes that rules name (0 is always a result).
+        named: Vec<i32>,
+    },
+    /// spamd, the SPAMC protocol.
+    Spamd {
+        /// Where spamd listens.
+        address: Address,
+        /// SYMBOLS (true) or CHECK.
+        symbols: bool,
+        /// The `User:` header (spamd's per-user settings).
+        user: Option<String>,
+    },
+    /// clamd, INSTREAM.
+    Clamd {
+        /// Where clamd listens.
+        address: Address,
+        /// Bytes per INSTREAM chunk.
+        chunk: usize,
+    },
+}
+
+/// A scanner as configured in the rules file (`[scanner.NAME]`).
+#[derive(Debug, Clone)]
+pub struct Scanner {
+    /// Its name in the rules file.
+    pub name: String,
+    /// What it is.
+    pub kind: Kind,
+    /// Wall-clock limit for one scan (after connecting).
+    pub timeout: Duration,
+    /// Limit for connecting (network scanners).
+    pub connect_timeout: Duration,
+    /// Scans at once.
+    pub concurrency: usize,
+    /// Messages waiting in front of it; beyond that, a message is tried
+    /// again later.
+    pub queue: usize,
+    /// Messages larger than this (bytes, as rebuilt) are not scanned.
+    pub max_size: Option<u64>,
+    /// Oversize messages: kept on hold (false) or passed by this scanner.
+    pub oversize_passes: bool,
+    /// Timeouts and crashes on one message before it is quarantined.
+    pub poison_after: u32,
+    /// First retry delay after a failure; doubled each time.
+    pub retry: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+}
+
+impl Scanner {
+    /// The delay before try number `failures + 1`.
+    pub fn backoff(&self, failures: u32) -> Duration {
+        let shift = failures.saturating_sub(1).min(20);
+        self.retry.saturating_mul(1u32 << shift).min(self.retry_max)
+    }
+
+    /// Scans one message: an outcome, or a failure (fail closed).
+    pub fn scan(&self, msg: &Message, stop: &AtomicBool) -> Result<Outcome, Failure> {
+        let budget = Budget {
+            deadline: Instant::now() + self.timeout,
+            stop,
+        };
+        if let Some(max) = self.max_size {
+            let n = msg.content_len()?;
+            if n > max {
+                return Ok(Outcome::Oversize(n));
+            }
+        }
+        match &self.kind {
+            Kind::Command { .. } => command::run(self, msg, &budget),
+            Kind::Spamd {
+                address,
+                symbols,
+                user,
+            } => spamd::check(self, address, *symbols, user.as_deref(), msg, &budget),
+            Kind::Clamd { address, chunk } => clamd::instream(self, address, *chunk, msg, &budget),
+        }
+    }
+}
+
+/// The time a scan may still take, and the daemon's stop flag.
+pub struct Budget<'a> {
+    /// When the scan has timed out.
+    pub deadline: Instant,
+    /// Set on SIGTERM: the scan is abandoned (not a strike).
+    pub stop: &'a AtomicBool,
+}
+
+impl Budget<'_> {
+    /// Time left, at most `step` (so that waits notice a stop request).
+    /// `Err` when the time is up or the daemon stops.
+    pub fn slice(&self, step: Duration, what: &str) -> Result<Duration, Failure> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(Failure::soft("daemon stopping"));
+        }
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Failure::strike(format!("timed out {what}")));
+        }
+        Ok(left.min(step))
+    }
+}
+
+/// A held message opened read-only for scanning.
+pub struct Message {
+    /// Its queue ID.
+    pub id: String,
+    /// Envelope sender ("" for the null sender).
+    pub sender: String,
+    /// Recipients still to deliver.
+    pub recipients: Vec<String>,
+    file: File,
+    len: u64,
+    mesg_at: u64,
+}
+
+impl Message {
+    /// Opens `path` read-only, without following a symlink, and checks that
+    /// it is a committed regular file with inode `ino` (when given) and a
+    /// complete envelope.
+    pub fn open(path: &Path, id: &str, ino: Option<u64>) -> Result<Message, Failure> {
+        let gone = |e: std::io::Error| Failure::soft(format!("{}: {e}", path.display()));
+        let file = File::options()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+            .map_err(gone)?;
+        let meta = file.metadata().map_err(gone)?;
+        if !meta.file_type().is_file() || meta.mode() & 0o700 != 0o700 {
+            return Err(Failure::soft(format!(
+                "{}: not a committed queue file",
+                path.display()
+            )));
+        }
+        if ino.is_some_and(|i| i != meta.ino()) {
+            return Err(Failure::soft(format!("{}: replaced", path.display())));
+        }
+        let _ = nix::fcntl::fcntl(
+            file.as_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+        );
+        let len = meta.len();
+        let bad = |e: queue_format::Error| Failure::soft(format!("{}: {e}", path.display()));
+        let env: Envelope = {
+            let mut rd = Reader::with_len(BufReader::new(&file), len, Mode::LOGICAL);
+            let env = read_envelope(&mut rd).map_err(bad)?;
+            env.check_complete().map_err(bad)?;
+            env
+        };
+        let mesg_at = env
+            .content_offset
+            .ok_or_else(|| Failure::soft(format!("{}: no message content", path.display())))?;
+        Ok(Message {
+            id: id.to_string(),
+            sender: String::from_utf8_lossy(env.sender.as_deref().unwrap_or_default()).into_owned(),
+            recipients: env
+                .recipients
+                .iter()
+                .filter(|r| r.state == RecipientState::Todo)
+                .map(|r| String::from_utf8_lossy(&r.address).into_owned())
+                .collect(),
+            file,
+            len,
+            mesg_at,
+        })
+    }
+
+    /// Runs `f` on the message content stream.
+    pub fn with_content<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Read) -> Result<T, Failure>,
+    ) -> Result<T, Failure> {
+        // The reader counts positions from where the file offset is.
+        (&self.file)
+            .seek(std::io::SeekFrom::Start(0))
+            .map_err(|e| Failure::soft(format!("{}: {e}", self.id)))?;
+        let mut rd = Reader::with_len(
+            BufReader::with_capacity(64 * 1024, &self.file),
+            self.len,
+            Mode::LOGICAL,
+        );
+        let mut content = MessageContent::new(&mut rd, self.mesg_at)
+            .map_err(|e| Failure::soft(format!("{}: {e}", self.id)))?;
+        f(&mut content)
+    }
+
+    /// The content's length in bytes (a read of the whole content).
+    pub fn content_len(&self) -> Result<u64, Failure> {
+        self.with_content(|r| {
+            std::io::copy(r, &mut std::io::sink())
+                .map_err(|e| Failure::soft(format!("{}: {e}", self.id)))
+        })
+    }
+}
+
+/// Bytes for a log line: printable ASCII as is, anything else as `\xNN`,
+/// at most `cap` characters (then `...`).
+pub fn sanitize(bytes: &[u8], cap: usize) -> String {
+    let mut s = String::new();
+    for &b in bytes {
+        if s.len() >= cap {
+            s.push_str("...");
+            break;
+        }
+        if (0x20..0x7f).contains(&b) && b != b'\\' && b != b'"' {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    s
+}
+
+/// Parses a size: digits with an optional k, M or G suffix (powers of 1024).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mul) = match s.as_bytes().last()? {
+        b'k' | b'K' => (&s[..s.len() - 1], 1024),
+        b'm' | b'M' => (&s[..s.len() - 1], 1024 * 1024),
+        b'g' | b'G' => (&s[..s.len() - 1], 1024 * 1024 * 1024),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mul)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sanitize_escapes_and_caps() {
+        assert_eq!(sanitize(b"ok \x1b[31m\n\"", 100), "ok \\x1b[31m\\x0a\\x22");
+        assert_eq!(sanitize(&[b'a'; 10], 4), "aaaa...");
+    }
+
+    #[test]
+    fn sizes_and_addresses() {
+        assert_eq!(parse_size("25M"), Some(25 << 20));
+        assert_eq!(parse_size("500k"), Some(500 << 10));
+        assert_eq!(parse_size("7"), Some(7));
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_size("99999999999999999999G"), None);
+        assert!(Address::parse("127.0.0.1:783").is_ok());
+        assert!(Address::parse("/run/clamd.ctl").is_ok());
+        assert!(Address::parse("localhost").is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let s = Scanner {
+            name: "x".into(),
+            kind: Kind::Clamd {
+                address: Address::Unix("/x".into()),
+                chunk: 1,
+            },
+            timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            concurrency: 1,
+            queue: 1,
+            max_size: None,
+            oversize_passes: false,
+            poison_after: 3,
+            retry: Duration::from_secs(10),
+            retry_max: Duration::from_secs(60),
+        };
+        let b: Vec<u64> = (1..6).map(|n| s.backoff(n).as_secs()).collect();
+        assert_eq!(b, [10, 20, 40, 60, 60]);
+        assert_eq!(s.backoff(u32::MAX).as_secs(), 60);
+    }
+}
