@@ -165,7 +165,7 @@ enum ScanCond {
 impl ScanCond {
     fn matches(&self, o: &Outcome) -> bool {
         match (self, o) {
-            (ScanCond::Exit(codes), Outcome::Exit(c)) => codes.contains(c),
+            (ScanCond::Exit(codes), Outcome::Exit(c, _)) => codes.contains(c),
             (
                 ScanCond::Spam {
                     spam,

@@ -15,7 +15,9 @@
 //!   crashes, with the spool invariants checked after every step;
 //! * `watch`: the daemon end to end on a real Postfix: on-time delivery,
 //!   the maildrop loop, SIGKILL during a 1,000-message burst, SIGHUP,
-//!   metrics and status, the README's rules example.
+//!   metrics and status, the README's rules example;
+//! * `scan`: content scanners: real spamd and clamd, external commands and
+//!   fake servers that misbehave; the message stream equals `postcat -hb`.
 
 // Tests play Postfix (creating, committing, renaming queue files) and the
 // administrator; only posthold itself is bound to relocate (clippy.toml).
@@ -29,4 +31,5 @@ mod fixtures;
 mod model;
 mod mover;
 mod postfix;
+mod scan;
 mod watch;

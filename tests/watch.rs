@@ -3,66 +3,10 @@
 //! it into the delivery directory.
 
 use std::collections::HashMap;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::common::*;
-
-struct Daemon {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Daemon {
-    fn start(pf: &Instance, extra: &[&str]) -> Daemon {
-        let log = pf.dir.path().join(format!("watch-{}.log", now_ms()));
-        let mut c = pf.posthold("watch");
-        c.args(["--scan-interval", "5s"]).args(extra);
-        c.stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        Daemon {
-            child: c.spawn().expect("posthold watch"),
-            log,
-        }
-    }
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-    fn kill9(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-    fn term(mut self) -> (Option<i32>, String) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let st = self.child.wait().unwrap();
-        (st.code(), self.log())
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A started instance and a rules file with `text` in its directory.
-fn instance_with_rules(text: &str) -> (Instance, std::path::PathBuf) {
-    let pf = Instance::start(false);
-    let rules = pf.dir.path().join("rules.toml");
-    std::fs::write(&rules, text).unwrap();
-    (pf, rules)
-}
-
-fn now_ms() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-}
 
 fn rfc5322(secs: u64) -> String {
     chrono::DateTime::from_timestamp(secs as i64, 0)
@@ -95,13 +39,6 @@ fn delivered_tokens(pf: &Instance) -> HashMap<String, (usize, u128)> {
         ent.1 = ent.1.min(mt);
     }
     m
-}
-
-fn wait_until(deadline: Instant, what: &str, mut ok: impl FnMut() -> bool) {
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

@@ -158,7 +158,7 @@ pub fn run(sc: &Scanner, msg: &Message, b: &Budget) -> Result<Outcome, Failure> 
     };
     let out = out.describe();
     match (status.code(), status.signal()) {
-        (Some(c), _) if c == 0 || named.contains(&c) => Ok(Outcome::Exit(c)),
+        (Some(c), _) if c == 0 || named.contains(&c) => Ok(Outcome::Exit(c, out)),
         (Some(EX_TEMPFAIL), _) => Err(Failure::soft(format!(
             "temporary failure (exit {EX_TEMPFAIL}){out}"
         ))),

@@ -35,8 +35,9 @@ use queue_format::reader::{Mode, Reader};
 /// What a scanner said about a message, in terms the rules can name.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    /// An external command's exit code (0, or one a rule names).
-    Exit(i32),
+    /// An external command's exit code (0, or one a rule names), and its
+    /// output as kept for the log (sanitized, capped; may be empty).
+    Exit(i32, String),
     /// spamd's answer.
     Spam {
         /// spamd's own verdict (score at or above its threshold).
@@ -58,7 +59,7 @@ impl Outcome {
     /// A short description for logs.
     pub fn describe(&self) -> String {
         match self {
-            Outcome::Exit(c) => format!("exit={c}"),
+            Outcome::Exit(c, out) => format!("exit={c}{out}"),
             Outcome::Spam {
                 spam,
                 score,

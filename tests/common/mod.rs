@@ -305,3 +305,67 @@ impl Drop for Instance {
             .output();
     }
 }
+
+/// `posthold watch` on an instance, killed on drop.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub log: std::path::PathBuf,
+}
+
+impl Daemon {
+    pub fn start(pf: &Instance, extra: &[&str]) -> Daemon {
+        let log = pf.dir.path().join(format!(
+            "watch-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+        ));
+        let mut c = pf.posthold("watch");
+        c.args(["--scan-interval", "5s"]).args(extra);
+        c.stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        Daemon {
+            child: c.spawn().expect("posthold watch"),
+            log,
+        }
+    }
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+    pub fn term(mut self) -> (Option<i32>, String) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let st = self.child.wait().unwrap();
+        (st.code(), self.log())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A started instance and a rules file with `text` in its directory.
+pub fn instance_with_rules(text: &str) -> (Instance, std::path::PathBuf) {
+    let pf = Instance::start(false);
+    let rules = pf.dir.path().join("rules.toml");
+    std::fs::write(&rules, text).unwrap();
+    (pf, rules)
+}
+
+/// Waits until `ok`, failing the test at `deadline`.
+pub fn wait_until(deadline: Instant, what: &str, mut ok: impl FnMut() -> bool) {
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
