@@ -780,6 +780,135 @@ mod tests {
     }
 
     #[test]
+    fn scans_are_asked_for_in_order_and_never_skipped() {
+        let r = Rules::parse(
+            r#"
+            [scanner.av]
+            type = "clamd"
+            address = "/run/clamd.sock"
+            [scanner.sa]
+            type = "spamd"
+            address = "127.0.0.1:783"
+            [scanner.ext]
+            type = "command"
+            argv = ["/bin/true"]
+            [[rule]]
+            name = "vip"
+            sender = "^boss@"
+            action = "release"
+            [[rule]]
+            name = "virus"
+            scan = "av"
+            action = "quarantine"
+            [[rule]]
+            name = "spam"
+            scan = "sa"
+            min_score = 5.0
+            action = "quarantine"
+            [[rule]]
+            name = "ext"
+            scan = "ext"
+            exit = [1, 2]
+            action = "keep"
+            [[rule]]
+            name = "rest"
+            action = "release"
+            "#,
+        )
+        .unwrap();
+        let f = facts();
+        let (av, sa, ext) = (0, 2, 1); // scanners sorted by name: av, ext, sa
+        assert_eq!(r.scanners[av].name, "av");
+        assert!(matches!(r.evaluate(&f, &[]), Eval::Scan(i) if i == av));
+        let clean = (av, Outcome::Virus(None));
+        assert!(matches!(r.evaluate(&f, std::slice::from_ref(&clean)), Eval::Scan(i) if i == sa));
+        let ham = (
+            sa,
+            Outcome::Spam {
+                spam: false,
+                score: 4.9,
+                threshold: 5.0,
+                symbols: vec![],
+            },
+        );
+        assert!(matches!(r.evaluate(&f, &[clean.clone(), ham.clone()]), Eval::Scan(i) if i == ext));
+        let done = [
+            clean.clone(),
+            ham.clone(),
+            (ext, Outcome::Exit(0, String::new())),
+        ];
+        assert!(matches!(r.evaluate(&f, &done), Eval::Rule(Some(x)) if x.name == "rest"));
+        let named = [clean.clone(), ham, (ext, Outcome::Exit(2, String::new()))];
+        assert!(matches!(r.evaluate(&f, &named), Eval::Rule(Some(x)) if x.name == "ext"));
+        let inf = [(av, Outcome::Virus(Some("X".into())))];
+        assert!(matches!(r.evaluate(&f, &inf), Eval::Rule(Some(x)) if x.name == "virus"));
+        // Too large for clamd: held, never released past the scan.
+        let big = [(av, Outcome::Oversize(1 << 30))];
+        assert!(matches!(r.evaluate(&f, &big), Eval::Hold(_)));
+        // The exit codes rules name are known to the scanner; 0 always is.
+        assert!(matches!(&r.scanners[ext].kind, Kind::Command { named, .. } if named == &[1, 2]));
+        // A rule before every scan needs none.
+        let mut boss = facts();
+        boss.sender = "boss@example.com".into();
+        assert!(matches!(r.evaluate(&boss, &[]), Eval::Rule(Some(x)) if x.name == "vip"));
+        // decide() without scan results never passes a scanning rule.
+        assert!(r.decide(&f).is_none());
+    }
+
+    #[test]
+    fn bad_scanner_settings_are_errors_that_name_them() {
+        let bad = [
+            ("[scanner.x]\ntype = \"nope\"\n", "scanner x: type"),
+            ("[scanner.x]\ntype = \"clamd\"\n", "scanner x: address"),
+            (
+                "[scanner.x]\ntype = \"command\"\nargv = [\"sh\"]\n",
+                "absolute path",
+            ),
+            (
+                "[scanner.x]\ntype = \"command\"\nargv = [\"/bin/x\"]\nuser = \"no-such-user-here\"\n",
+                "no such user",
+            ),
+            (
+                "[scanner.x]\ntype = \"clamd\"\naddress = \"/s\"\nargv = [\"/bin/x\"]\n",
+                "not a setting",
+            ),
+            (
+                "[scanner.x]\ntype = \"spamd\"\naddress = \"h:1\"\ntimeout = \"0s\"\n",
+                "timeout",
+            ),
+            (
+                "[scanner.x]\ntype = \"spamd\"\naddress = \"h:1\"\nconcurrency = 0\n",
+                "concurrency",
+            ),
+            (
+                "[[rule]]\nscan = \"ghost\"\naction = \"keep\"\n",
+                "no [scanner.ghost]",
+            ),
+            ("[[rule]]\nexit = [1]\naction = \"keep\"\n", "need scan"),
+            (
+                "[scanner.x]\ntype = \"command\"\nargv = [\"/bin/x\"]\n[[rule]]\nscan = \"x\"\naction = \"keep\"\n",
+                "exit",
+            ),
+            (
+                "[scanner.x]\ntype = \"command\"\nargv = [\"/bin/x\"]\n[[rule]]\nscan = \"x\"\nexit = [75]\naction = \"release\"\n",
+                "EX_TEMPFAIL",
+            ),
+            (
+                "[scanner.x]\ntype = \"spamd\"\naddress = \"h:1\"\ncommand = \"CHECK\"\n[[rule]]\nscan = \"x\"\nsymbol = \"A\"\naction = \"keep\"\n",
+                "CHECK",
+            ),
+            (
+                "[scanner.x]\ntype = \"clamd\"\naddress = \"/s\"\n[[rule]]\nscan = \"x\"\nmin_score = 1.0\naction = \"keep\"\n",
+                "is clamd",
+            ),
+        ];
+        for (text, want) in bad {
+            let e = Rules::parse(text).unwrap_err();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn default_rules_schedule_on_due_headers_only() {
         let r = Rules::default_rules();
         assert_eq!(

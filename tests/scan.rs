@@ -66,7 +66,10 @@ fn wait_connect(what: &str, mut ok: impl FnMut() -> bool, log: &Path) {
 /// Debian's spamd on 127.0.0.1, local tests only (no network), with its
 /// packaged rules.
 fn start_spamd(dir: &Path) -> (Server, String) {
-    let port = free_port();
+    start_spamd_on(dir, free_port())
+}
+
+fn start_spamd_on(dir: &Path, port: u16) -> (Server, String) {
     let log = dir.join("spamd.log");
     let child = Command::new("/usr/sbin/spamd")
         .arg(format!("--listen=127.0.0.1:{port}"))
@@ -606,4 +609,287 @@ fn command_scanners_fail_closed_and_take_hostile_addresses_as_data() {
         assert!(String::from_utf8_lossy(&stdin).contains("\nSubject: HOLD token args"));
     }
     assert_eq!(seen.len(), 2);
+}
+
+/// How a fake scanner answers.
+#[derive(Clone, Copy, Debug)]
+enum Fake {
+    /// These bytes, then close.
+    Reply(&'static [u8]),
+    /// Close without a word.
+    Close,
+    /// Never answer.
+    Hang,
+    /// A megabyte of nonsense.
+    Flood,
+}
+
+/// A fake scanner on a unix socket: reads the request until the client
+/// pauses or ends it, then answers as told.
+fn fake_server(sock: &Path, how: Fake) {
+    let l = std::os::unix::net::UnixListener::bind(sock).unwrap();
+    std::fs::set_permissions(sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { return };
+            std::thread::spawn(move || {
+                c.set_read_timeout(Some(Duration::from_millis(300)))
+                    .unwrap();
+                let mut buf = [0u8; 65536];
+                while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+                match how {
+                    Fake::Reply(r) => {
+                        let _ = c.write_all(r);
+                    }
+                    Fake::Close => {}
+                    Fake::Hang => std::thread::sleep(Duration::from_secs(600)),
+                    Fake::Flood => {
+                        let _ = c.write_all(&vec![b'A'; 1 << 20]);
+                    }
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn native_clients_fail_closed_on_misbehaving_servers() {
+    require_postfix();
+    let pf = Instance::start(false);
+    pf.send(
+        "alice@posthold.test",
+        &["bob@posthold.test"],
+        &message("x", "hello"),
+    );
+    let id = pf.wait_held(1)[0].clone();
+    let path = pf.queue().join("hold").join(&id);
+    let before = std::fs::metadata(&path).unwrap();
+    let cases: &[(&str, Fake, &str)] = &[
+        ("clamd", Fake::Reply(b"garbage\0"), "unexpected reply"),
+        ("clamd", Fake::Reply(b"1: stream: OK\0"), "unexpected reply"),
+        ("clamd", Fake::Reply(b"stream: OK"), "truncated reply"),
+        ("clamd", Fake::Reply(b"stream: OK\0stream: Eicar FOUND\0"), "unexpected"),
+        ("clamd", Fake::Reply(b"INSTREAM size limit exceeded. ERROR\0"), "size limit"),
+        ("clamd", Fake::Close, "without a reply"),
+        ("clamd", Fake::Hang, "timed out"),
+        ("clamd", Fake::Flood, "reply longer than"),
+        ("spamd", Fake::Reply(b"HTTP/1.0 200 OK\r\n\r\n"), "not a spamd reply"),
+        ("spamd", Fake::Reply(b"SPAMD/1.1 0 EX_OK\r\nSpam: True ; 1"), "truncated reply"),
+        ("spamd", Fake::Reply(b"SPAMD/1.1 0 EX_OK\r\nContent-length: 5\r\nSpam: False ; 0.1 / 5.0\r\n\r\nHAM_1SPAMD/1.1 0 EX_OK\r\nSpam: True ; 9 / 5\r\n\r\n"), "data after the reply"),
+        ("spamd", Fake::Reply(b"SPAMD/1.1 0 EX_OK\r\nContent-length: 40\r\nSpam: False ; 0.1 / 5.0\r\n\r\nBAYES_00"), "truncated reply"),
+        ("spamd", Fake::Reply(b"SPAMD/1.0 76 Bad header line\r\n"), "spamd: SPAMD/1.0 76"),
+        ("spamd", Fake::Close, "without a reply"),
+        ("spamd", Fake::Hang, "timed out"),
+        ("spamd", Fake::Flood, "reply longer than"),
+    ];
+    for (i, (kind, how, want)) in cases.iter().enumerate() {
+        let sock = pf.dir.path().join(format!("fake{i}.sock"));
+        fake_server(&sock, *how);
+        let rules = pf.dir.path().join(format!("fake{i}.toml"));
+        std::fs::write(
+            &rules,
+            format!(
+                "[scanner.s]\ntype = \"{kind}\"\naddress = \"{}\"\ntimeout = \"2s\"\n[[rule]]\nscan = \"s\"\naction = \"quarantine\"\n[[rule]]\naction = \"release\"\n",
+                sock.display()
+            ),
+        )
+        .unwrap();
+        for only in [true, false] {
+            let mut c = pf.posthold("scan");
+            c.arg("--rules").arg(&rules);
+            if only {
+                c.args(["--scanner", "s"]);
+            }
+            let out = run(c.arg(&id));
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert_eq!(out.status.code(), Some(1), "{kind} {how:?}: {text}");
+            assert!(
+                text.contains("failed") && text.contains(want),
+                "{kind} {how:?}: want {want:?} in {text}"
+            );
+            if !only {
+                assert!(text.contains("would keep and retry"), "{text}");
+            }
+        }
+    }
+    // Scanner down: nothing listens.
+    let rules = pf.dir.path().join("down.toml");
+    std::fs::write(&rules, "[scanner.s]\ntype = \"spamd\"\naddress = \"127.0.0.1:1\"\n[[rule]]\nscan = \"s\"\naction = \"quarantine\"\n").unwrap();
+    let out = run(pf.posthold("scan").arg("--rules").arg(&rules).arg(&id));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cannot connect"));
+    // Nothing moved or touched.
+    let after = std::fs::metadata(&path).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        (before.ino(), before.mode(), before.mtime()),
+        (after.ino(), after.mode(), after.mtime())
+    );
+
+    // The daemon: garbage keeps the message held (and retried), a hung
+    // scanner makes it a poison message after two timeouts; the catch-all
+    // release rule never sees either.
+    let g = pf.dir.path().join("garbage.sock");
+    fake_server(&g, Fake::Reply(b"stream: maybe\0"));
+    let h = pf.dir.path().join("hung.sock");
+    fake_server(&h, Fake::Hang);
+    let rules = pf.dir.path().join("daemon.toml");
+    std::fs::write(
+        &rules,
+        format!(
+            r#"
+[scanner.garbage]
+type = "clamd"
+address = "{}"
+retry = "1s"
+retry_max = "1s"
+[scanner.hung]
+type = "spamd"
+address = "{}"
+timeout = "1s"
+retry = "1s"
+retry_max = "1s"
+poison_after = 2
+[scanner.down]
+type = "clamd"
+address = "{}"
+retry = "1s"
+retry_max = "1s"
+[[rule]]
+recipient = "^g@"
+scan = "garbage"
+action = "quarantine"
+[[rule]]
+recipient = "^h@"
+scan = "hung"
+action = "quarantine"
+[[rule]]
+recipient = "^d@"
+scan = "down"
+action = "quarantine"
+[[rule]]
+action = "release"
+"#,
+            g.display(),
+            h.display(),
+            pf.dir.path().join("nothing-here.sock").display()
+        ),
+    )
+    .unwrap();
+    // The first message goes too: no rule scans it, so it is released.
+    let daemon = Daemon::start(&pf, &["--rules", rules.to_str().unwrap()]);
+    for r in ["g", "h", "d"] {
+        pf.send(
+            "alice@posthold.test",
+            &[&format!("{r}@posthold.test")],
+            &message(r, "hello"),
+        );
+    }
+    wait_until(
+        Instant::now() + Duration::from_secs(30),
+        "poison quarantined",
+        || tokens_in(&pf, "posthold-quarantine") == set(&["h"]),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(tokens_in(&pf, "hold"), set(&["d", "g"]));
+    assert_eq!(delivered_tokens(&pf), set(&["x"]));
+    let (_, log) = daemon.term();
+    assert!(
+        log.matches("scanner=garbage, error=unexpected reply")
+            .count()
+            >= 2,
+        "{log}"
+    );
+    assert!(
+        log.matches("scanner=down, error=cannot connect").count() >= 2,
+        "{log}"
+    );
+    assert!(
+        log.contains("quarantine, reason=poison, scanner=hung, strikes=2"),
+        "{log}"
+    );
+}
+
+#[test]
+fn real_scanners_down_hung_and_back() {
+    require_postfix();
+    let pf = Instance::start(false);
+    let sock = pf.dir.path().join("clamd.sock");
+    let port = free_port();
+    let rules = pf.dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        format!(
+            r#"
+[scanner.clamd]
+type = "clamd"
+address = "{}"
+retry = "1s"
+retry_max = "2s"
+[scanner.spamd]
+type = "spamd"
+address = "127.0.0.1:{port}"
+timeout = "2s"
+retry = "1s"
+retry_max = "2s"
+poison_after = 100
+[[rule]]
+scan = "clamd"
+action = "quarantine"
+[[rule]]
+scan = "spamd"
+action = "quarantine"
+[[rule]]
+action = "release"
+"#,
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&pf, &["--rules", rules.to_str().unwrap()]);
+    pf.send(
+        "alice@posthold.test",
+        &["bob@posthold.test"],
+        &message("clean", "See you at noon."),
+    );
+    pf.send(
+        "alice@posthold.test",
+        &["bob@posthold.test"],
+        &eicar_message("eicar"),
+    );
+    // Both scanners down: both stay held.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(tokens_in(&pf, "hold"), set(&["clean", "eicar"]));
+    // clamd comes up; spamd comes up hung (stopped).
+    let (_clamd, _) = start_clamd(pf.dir.path());
+    let (spamd, _) = start_spamd_on(pf.dir.path(), port);
+    spamd.signal(nix::sys::signal::Signal::SIGSTOP);
+    wait_until(
+        Instant::now() + Duration::from_secs(30),
+        "eicar quarantined",
+        || tokens_in(&pf, "posthold-quarantine") == set(&["eicar"]),
+    );
+    wait_until(
+        Instant::now() + Duration::from_secs(30),
+        "spamd timeouts",
+        || {
+            daemon
+                .log()
+                .matches("scanner=spamd, error=timed out")
+                .count()
+                >= 2
+        },
+    );
+    assert_eq!(tokens_in(&pf, "hold"), set(&["clean"]));
+    assert!(delivered_tokens(&pf).is_empty());
+    // spamd wakes up: the clean message is delivered.
+    spamd.signal(nix::sys::signal::Signal::SIGCONT);
+    wait_until(
+        Instant::now() + Duration::from_secs(60),
+        "clean delivered",
+        || delivered_tokens(&pf) == set(&["clean"]),
+    );
+    let log = daemon.log();
+    assert!(log.contains("scanner=clamd, error=cannot connect"), "{log}");
+    assert!(log.contains("scanner=spamd, ham"), "{log}");
 }
