@@ -893,3 +893,34 @@ action = "release"
     assert!(log.contains("scanner=clamd, error=cannot connect"), "{log}");
     assert!(log.contains("scanner=spamd, ham"), "{log}");
 }
+
+/// The scanner example in README.md is valid and means what it says.
+#[test]
+fn readme_scanner_example_passes_check_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("rules.toml");
+    std::fs::write(&p, readme_toml("### Content scanners")).unwrap();
+    let mut c = posthold();
+    c.arg("check-config").arg(&p);
+    let o = run(c);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains("1. virus: Quarantine after scan clamd"),
+        "{out}"
+    );
+    assert!(
+        out.contains("3. policy says no: Expire after scan policy"),
+        "{out}"
+    );
+    assert!(
+        out.contains("scanner spamd: spamd 127.0.0.1:783 SYMBOLS"),
+        "{out}"
+    );
+    assert!(out.contains("max_size=26214400"), "{out}");
+}

@@ -291,18 +291,7 @@ fn sigkill_during_a_burst_loses_and_duplicates_nothing() {
 /// file naming the rule.
 #[test]
 fn readme_rules_example_passes_check_config() {
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    let start = readme
-        .find("### Rules file")
-        .expect("README has a rules section");
-    let block = &readme[start..];
-    let body = block
-        .split("```toml\n")
-        .nth(1)
-        .unwrap()
-        .split("```")
-        .next()
-        .unwrap();
+    let body = readme_toml("### Rules file");
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("rules.toml");
     std::fs::write(&p, body).unwrap();

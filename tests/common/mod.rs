@@ -369,3 +369,19 @@ pub fn wait_until(deadline: Instant, what: &str, mut ok: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The first TOML example after `section` in README.md.
+pub fn readme_toml(section: &str) -> String {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let start = readme
+        .find(section)
+        .unwrap_or_else(|| panic!("README has no {section}"));
+    readme[start..]
+        .split("```toml\n")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap()
+        .to_string()
+}
