@@ -6,7 +6,7 @@
 use std::io::Cursor;
 
 use libfuzzer_sys::fuzz_target;
-use queue_format::queue_file::{Lines, read_envelope};
+use queue_format::queue_file::{Lines, MessageContent, read_envelope};
 use queue_format::reader::{Mode, Reader};
 
 fuzz_target!(|data: &[u8]| {
@@ -21,10 +21,32 @@ fuzz_target!(|data: &[u8]| {
     let Ok(mut r) = Reader::new(Cursor::new(data)) else { return };
     if let Ok(env) = read_envelope(&mut r) {
         let _ = env.check_complete();
-        if let Some(m) = env.content_offset
-            && let Ok(mut lines) = Lines::new(&mut r, m)
-        {
-            while let Ok(Some(_)) = lines.next_line() {}
+        if let Some(m) = env.content_offset {
+            // Lines, and the streamed message: the stream is the lines,
+            // each ending in a newline, whenever both read to the end.
+            let mut joined = Vec::new();
+            let mut whole = false;
+            if let Ok(mut lines) = Lines::new(&mut r, m) {
+                loop {
+                    match lines.next_line() {
+                        Ok(Some(l)) => {
+                            joined.extend_from_slice(&l.text);
+                            joined.push(b'\n');
+                        }
+                        Ok(None) => {
+                            whole = true;
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            if let Ok(mut c) = MessageContent::new(&mut r, m) {
+                let mut out = Vec::new();
+                if std::io::Read::read_to_end(&mut c, &mut out).is_ok() && whole {
+                    assert_eq!(out, joined);
+                }
+            }
         }
     }
     // Queue IDs and hashed paths from arbitrary text.
