@@ -32,7 +32,7 @@ pub struct Shared {
     /// Actions that failed (the message stayed where it was).
     pub errors: u64,
     /// Scans by (scanner, result): `done`, `failed` (no strike), `strike`
-    /// (timeout or crash), `busy` (its queue was full).
+    /// (timeout or crash).
     pub scans: BTreeMap<(String, String), u64>,
     /// Commit-to-decision latencies in microseconds (file ctime to the
     /// scheduler's decision), the most recent ones.
@@ -183,7 +183,7 @@ pub fn render(cfg: &Config, shared: &Shared, now: i64) -> String {
         "Time from a due time to the release (last 10,000).",
         &shared.release_lateness_us,
     );
-    s.push_str("# HELP posthold_scans_total Scans by scanner and result (done, failed, strike, busy).\n# TYPE posthold_scans_total counter\n");
+    s.push_str("# HELP posthold_scans_total Scans by scanner and result (done, failed, strike).\n# TYPE posthold_scans_total counter\n");
     for ((sc, r), n) in &shared.scans {
         s.push_str(&format!(
             "posthold_scans_total{{scanner=\"{sc}\",result=\"{r}\"}} {n}\n"

@@ -602,6 +602,15 @@ impl Rules {
         };
         let mut scanners = Vec::new();
         for (name, fs) in &f.scanner {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+            {
+                return Err(format!(
+                    "scanner {name:?}: names are letters, digits, '_', '.' and '-'"
+                ));
+            }
             scanners.push(parse_scanner(name, fs)?);
         }
         let mut rules = Vec::new();
@@ -705,6 +714,22 @@ impl Rules {
             }
             if cond.matches(out) {
                 return Eval::Rule(Some(r));
+            }
+            // A non-zero exit code that this rule does not take must be
+            // taken by a later rule on the same scanner that applies to
+            // this message; otherwise no rule names it for this message,
+            // and it must not fall through to a release.
+            if let Outcome::Exit(c, _) = out
+                && *c != 0
+                && !self.rules.iter().skip_while(|x| !std::ptr::eq(*x, r)).skip(1).any(|x| {
+                    matches!(&x.scan, Some((i, ScanCond::Exit(codes))) if i == si && codes.contains(c))
+                        && x.matches(f)
+                })
+            {
+                return Eval::Hold(format!(
+                    "reason=scan-unnamed-exit, scanner={}, exit={c}",
+                    self.scanners[*si].name
+                ));
             }
         }
         Eval::Rule(None)
@@ -853,12 +878,47 @@ mod tests {
         assert!(matches!(r.evaluate(&boss, &[]), Eval::Rule(Some(x)) if x.name == "vip"));
         // decide() without scan results never passes a scanning rule.
         assert!(r.decide(&f).is_none());
+        // A code that only a rule not applying to this message names is
+        // held, never passed on to the release rule.
+        let r = Rules::parse(
+            r#"
+            [scanner.ext]
+            type = "command"
+            argv = ["/bin/true"]
+            [[rule]]
+            name = "lists"
+            sender = "^list@"
+            scan = "ext"
+            exit = [3]
+            action = "keep"
+            [[rule]]
+            name = "bad"
+            scan = "ext"
+            exit = [1]
+            action = "quarantine"
+            [[rule]]
+            name = "rest"
+            action = "release"
+            "#,
+        )
+        .unwrap();
+        let three = [(0, Outcome::Exit(3, String::new()))];
+        assert!(matches!(r.evaluate(&f, &three), Eval::Hold(h) if h.contains("exit=3")));
+        let mut list = facts();
+        list.sender = "list@example.com".into();
+        assert!(matches!(r.evaluate(&list, &three), Eval::Rule(Some(x)) if x.name == "lists"));
+        let zero = [(0, Outcome::Exit(0, String::new()))];
+        assert!(matches!(r.evaluate(&f, &zero), Eval::Rule(Some(x)) if x.name == "rest"));
     }
 
     #[test]
     fn bad_scanner_settings_are_errors_that_name_them() {
         let bad = [
             ("[scanner.x]\ntype = \"nope\"\n", "scanner x: type"),
+            (
+                "[scanner.'a\"b']\ntype = \"clamd\"\naddress = \"/s\"\n",
+                "names are",
+            ),
             ("[scanner.x]\ntype = \"clamd\"\n", "scanner x: address"),
             (
                 "[scanner.x]\ntype = \"command\"\nargv = [\"sh\"]\n",

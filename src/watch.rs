@@ -111,6 +111,26 @@ pub struct Job {
     ino: u64,
     generation: u64,
     scanner: usize,
+    held: u64,
+    committed_us: i64,
+}
+
+/// Gives a scan claim back if a worker drops a job without a result
+/// (a panic included), so that the message can be scanned again.
+struct ClaimGuard<'a> {
+    board: &'a Board,
+    ino: u64,
+    id: &'a str,
+    generation: u64,
+    armed: bool,
+}
+
+impl Drop for ClaimGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.board.unclaim(self.ino, self.id, self.generation, None);
+        }
+    }
 }
 
 fn now() -> i64 {
@@ -118,6 +138,13 @@ fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// A time in seconds as RFC 3339, for logs.
+fn rfc3339(secs: i64) -> String {
+    chrono::DateTime::from_timestamp(secs, 0)
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_default()
 }
 
 fn now_ms() -> i64 {
@@ -275,12 +302,15 @@ pub fn decide(cfg: &Config, brain: &Brain, board: &Board, loc: &Location) -> Opt
                 ino,
                 generation: brain.generation,
                 scanner: si,
+                held: facts.held,
+                committed_us,
             };
             return match brain.queues.get(si).map(|q| q.try_send(job)) {
                 Some(Ok(())) => None,
                 _ => {
-                    // Its queue is full: keep the message and look again.
-                    let retry = now() + RETRY_SECS;
+                    // Its queue is full: keep the message and look again,
+                    // spread over a few seconds.
+                    let retry = now() + RETRY_SECS + (ino % 5) as i64;
                     board.unclaim(ino, &loc.id, brain.generation, Some(retry * 1000));
                     d.retry_at = Some(retry);
                     d.reason = format!("reason=scanner-busy, scanner={name}");
@@ -347,7 +377,16 @@ fn scan_worker(ctx: Arc<ScanCtx>, rx: Receiver<Job>) {
             ino,
             generation,
             scanner: si,
+            held,
+            committed_us,
         } = job;
+        let mut guard = ClaimGuard {
+            board: &ctx.board,
+            ino,
+            id: &loc.id,
+            generation,
+            armed: true,
+        };
         let sc = {
             let b = ctx.brain.read().expect("BUG: rules lock poisoned");
             if b.generation != generation {
@@ -358,12 +397,9 @@ fn scan_worker(ctx: Arc<ScanCtx>, rx: Receiver<Job>) {
         let path = ctx.cfg.queue_directory.join(loc.path());
         let msg = match crate::scan::Message::open(&path, &loc.id, Some(ino)) {
             Ok(m) => m,
-            Err(_) => {
-                // Gone from hold, replaced or unreadable: the next event
-                // or scan decides.
-                ctx.board.unclaim(ino, &loc.id, generation, None);
-                continue;
-            }
+            // Gone from hold, replaced or unreadable: the guard gives the
+            // claim back; the next event or scan decides.
+            Err(_) => continue,
         };
         let started = Instant::now();
         let result = sc.scan(&msg, &ctx.stop);
@@ -391,6 +427,7 @@ fn scan_worker(ctx: Arc<ScanCtx>, rx: Receiver<Job>) {
                     sc.name,
                     outcome.describe()
                 ));
+                guard.armed = false;
                 if !ctx.board.succeeded(ino, &loc.id, generation, si, outcome) {
                     continue;
                 }
@@ -405,6 +442,7 @@ fn scan_worker(ctx: Arc<ScanCtx>, rx: Receiver<Job>) {
                 }
             }
             Err(f) => {
+                guard.armed = false;
                 let Some(st) = ctx.board.failed(
                     ino,
                     &loc.id,
@@ -436,9 +474,9 @@ fn scan_worker(ctx: Arc<ScanCtx>, rx: Receiver<Job>) {
                     verdict: Verdict::Keep,
                     due: None,
                     reason: format!("reason=scan-failed, scanner={}", sc.name),
-                    held: 0,
+                    held,
                     decided: now(),
-                    committed_us: 0,
+                    committed_us,
                     requeued_copy: false,
                     retry_at: Some(st.retry_ms.div_euclid(1000) + 1),
                     generation,
@@ -905,6 +943,7 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
                     Ok(()) => {
                         // New scanners, a new generation: decisions, scans and
                         // results of the old rules are dropped as they come.
+                        scan_threads.retain(|h| !h.is_finished());
                         let queues = start_scanners(&scan_ctx, &r, &mut scan_threads);
                         {
                             let mut b = brain.write().expect("BUG: rules lock poisoned");
@@ -912,7 +951,6 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
                             b.generation += 1;
                             b.queues = queues;
                         }
-                        board.clear();
                         state.clear();
                         heap.clear();
                         (n_scheduled, n_bad) = (0, 0);
@@ -1062,6 +1100,7 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
                 .expect("BUG: metrics lock poisoned")
                 .record_latency(us);
         }
+        let prev_kind = prev.map(|p| p.kind);
         if let Some(old) = state.remove(&d.ino) {
             forget(old.kind, &mut n_scheduled, &mut n_bad);
         }
@@ -1073,22 +1112,21 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
                         "{}: scheduled, {}, due={}",
                         d.loc.id,
                         d.reason,
-                        chrono::DateTime::from_timestamp(due, 0)
-                            .map(|t| t.to_rfc3339())
-                            .unwrap_or_default()
+                        rfc3339(due)
                     ));
                     heap.push(Reverse((due * 1000, d.ino)));
                     n_scheduled += 1;
                 } else if k == Kind::Retry {
                     let at = d.retry_at.expect("BUG: retry without a time");
-                    log.log(&format!(
-                        "{}: keep, {}, retry={}",
-                        d.loc.id,
-                        d.reason,
-                        chrono::DateTime::from_timestamp(at, 0)
-                            .map(|t| t.to_rfc3339())
-                            .unwrap_or_default()
-                    ));
+                    // Once per episode: the scan workers log each failure.
+                    if !matches!(prev_kind, Some(Kind::Retry | Kind::Looking)) {
+                        log.log(&format!(
+                            "{}: keep, {}, retry={}",
+                            d.loc.id,
+                            d.reason,
+                            rfc3339(at)
+                        ));
+                    }
                     heap.push(Reverse((at * 1000, d.ino)));
                 } else {
                     log.log(&format!(

@@ -410,6 +410,8 @@ fn command_scanners_fail_closed_and_take_hostile_addresses_as_data() {
         "hang",
         &format!("sleep 300 & echo $! >{ds}/hang.pid.$POSTHOLD_QUEUE_ID; sleep 300"),
     );
+    // Writes without end and never exits: only the timeout stops it.
+    let endless = script(&d, "endless", "cat /dev/zero");
     // Never reads the (large) message, writes 20 MB to stdout and stderr.
     let loud = script(
         &d,
@@ -432,6 +434,7 @@ fn command_scanners_fail_closed_and_take_hostile_addresses_as_data() {
         ("unnamed", &unnamed, ""),
         ("crash", &crash, ""),
         ("hang", &hang, "timeout = \"1s\"\n"),
+        ("endless", &endless, "timeout = \"1s\"\n"),
         ("loud", &loud, ""),
         (
             "args",
@@ -451,7 +454,7 @@ fn command_scanners_fail_closed_and_take_hostile_addresses_as_data() {
         ));
     }
     for name in [
-        "ok", "named", "tempfail", "unnamed", "crash", "hang", "loud", "args",
+        "ok", "named", "tempfail", "unnamed", "crash", "hang", "endless", "loud", "args",
     ] {
         toml.push_str(&format!(
             "[[rule]]\nname = \"{name}\"\nrecipient = \"^{name}@\"\nscan = \"{name}\"\nexit = [1]\naction = \"quarantine\"\n\n"
@@ -468,7 +471,9 @@ fn command_scanners_fail_closed_and_take_hostile_addresses_as_data() {
         &["--rules", rules.to_str().unwrap(), "--no-drop-privileges"],
     );
     let big_body = "a large body line to make the message bigger than a pipe\n".repeat(20_000);
-    for name in ["ok", "named", "tempfail", "unnamed", "crash", "hang"] {
+    for name in [
+        "ok", "named", "tempfail", "unnamed", "crash", "hang", "endless",
+    ] {
         pf.send(
             "alice@posthold.test",
             &[&format!("{name}@posthold.test")],
@@ -496,7 +501,8 @@ fn command_scanners_fail_closed_and_take_hostile_addresses_as_data() {
         "passes delivered, named, crash and hang quarantined",
         || {
             delivered_tokens(&pf) == set(&["args0", "args1", "loud", "ok"])
-                && tokens_in(&pf, "posthold-quarantine") == set(&["crash", "hang", "named"])
+                && tokens_in(&pf, "posthold-quarantine")
+                    == set(&["crash", "endless", "hang", "named"])
         },
     );
     // Let the retries run a few rounds.
@@ -530,6 +536,10 @@ fn command_scanners_fail_closed_and_take_hostile_addresses_as_data() {
         "{log}"
     );
     assert!(lines("quarantine, reason=rule, rule=named") == 1, "{log}");
+    assert!(
+        lines("quarantine, reason=poison, scanner=endless, strikes=2, error=timed out") == 1,
+        "{log}"
+    );
     // Output: kept to the cap in the log, the rest drained.
     assert!(
         log.contains("found: bad stuff") || log.contains("scanner=named, exit=1"),

@@ -161,9 +161,24 @@ impl Board {
         })
     }
 
-    /// Keeps the slots for which `keep(inode, id)` holds.
+    /// Keeps the slots for which `keep(inode, id)` holds (and every slot
+    /// with a scan under way). `keep` runs without the lock held: it may
+    /// stat files.
     pub fn retain(&self, mut keep: impl FnMut(u64, &str) -> bool) {
-        self.with(|m| m.retain(|ino, s| s.busy || keep(*ino, &s.id)))
+        let idle: Vec<(u64, Box<str>)> = self.with(|m| {
+            m.iter()
+                .filter(|(_, s)| !s.busy)
+                .map(|(i, s)| (*i, s.id.clone()))
+                .collect()
+        });
+        let gone: Vec<(u64, Box<str>)> = idle.into_iter().filter(|(i, id)| !keep(*i, id)).collect();
+        self.with(|m| {
+            for (i, id) in gone {
+                if m.get(&i).is_some_and(|s| !s.busy && s.id == id) {
+                    m.remove(&i);
+                }
+            }
+        })
     }
 
     /// Forgets everything (rules reloaded).

@@ -73,8 +73,15 @@ pub fn instream(
     let reply = conn.receive(4096, b, |r| r.contains(&0));
     let reply = match (sent, reply) {
         (None, r) => r?,
-        (Some(_), Ok(r)) if !r.is_empty() => r,
-        (Some(f), _) => return Err(f),
+        // After a failed send only an error explains it; a verdict would
+        // be on a message clamd never saw whole.
+        (Some(f), Ok(r)) => {
+            return Err(match parse_reply(&r) {
+                Err(e) if !e.strike => e,
+                _ => f,
+            });
+        }
+        (Some(f), Err(_)) => return Err(f),
     };
     let outcome = parse_reply(&reply)?;
     conn.expect_eof(b)?;

@@ -81,12 +81,21 @@ impl Output {
     }
 }
 
-/// Reads what is there from a non-blocking pipe; false at EOF.
+/// Reads what is there from a non-blocking pipe, at most 256 KiB (so that
+/// a scanner writing without end cannot keep us from the timeout check);
+/// false at EOF.
 fn drain(r: &mut dyn Read, out: &mut Output, buf: &mut [u8]) -> bool {
+    let mut budget: usize = 256 * 1024;
     loop {
+        if budget == 0 {
+            return true;
+        }
         match r.read(buf) {
             Ok(0) => return false,
-            Ok(n) => out.take(&buf[..n]),
+            Ok(n) => {
+                out.take(&buf[..n]);
+                budget = budget.saturating_sub(n);
+            }
             Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(_) => return false,

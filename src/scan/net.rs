@@ -65,7 +65,12 @@ pub fn connect_to(addr: &Address, timeout: Duration) -> Result<Conn, Failure> {
             let ua = UnixAddr::new(p.as_path()).map_err(|e| down(addr, e))?;
             match connect(fd.as_raw_fd(), &ua) {
                 Ok(()) => {}
-                Err(Errno::EINPROGRESS) | Err(Errno::EAGAIN) => {
+                // Linux: the listen queue is full. The socket is not
+                // connecting; the scanner is busy (not the message's fault).
+                Err(Errno::EAGAIN) => {
+                    return Err(down(addr, "listen queue full (scanner busy)"));
+                }
+                Err(Errno::EINPROGRESS) => {
                     let ms = timeout.as_millis().min(u16::MAX as u128) as u16;
                     let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
                     let n = poll(&mut fds, PollTimeout::from(ms)).map_err(|e| down(addr, e))?;
