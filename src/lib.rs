@@ -4,7 +4,8 @@
 //!
 //! Modules: [`config`] (settings as `postconf` reports them), [`cat`]
 //! (`postcat`-identical output), [`list`] (`postqueue -j`-identical
-//! listing), [`cli`] (argument parsing and dispatch), [`error`].
+//! listing), [`cli`] (argument parsing and dispatch), [`error`], [`watch`]
+//! (the daemon), [`rules`], [`scan`] (content scanners).
 //! The queue file format itself lives in the `queue-format` crate.
 
 pub mod cat;

@@ -5,7 +5,18 @@
 //!
 //! ```text
 //! watcher (inotify + scans) --paths--> parsers (N) --decisions--> scheduler/mover
+//!                                         |                         ^
+//!                                         +--jobs--> scanners ------+
+//!                                    (one bounded queue and `concurrency`
+//!                                     workers per [scanner.NAME])
 //! ```
+//!
+//! * A rule that needs a scan sends the message to its scanner's queue;
+//!   the worker scans, records the result on the [`Board`] and decides
+//!   again (the next rule may need another scanner). A failure keeps the
+//!   message with a retry time; poison messages are quarantined. Results
+//!   and decisions carry the rules generation: after SIGHUP, stale ones are
+//!   dropped.
 //!
 //! * The watcher owns the inotify descriptor on `hold/` (and its hash
 //!   directories). A held file appears by rename while still 0600; it is
