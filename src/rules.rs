@@ -289,6 +289,20 @@ impl Rule {
     }
 }
 
+impl Verdict {
+    /// The action's name in the rules file.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Verdict::Release => "release",
+            Verdict::Requeue => "requeue",
+            Verdict::Expire => "expire",
+            Verdict::Quarantine => "quarantine",
+            Verdict::Keep => "keep",
+            Verdict::ReleaseAt(_) => "release-at",
+        }
+    }
+}
+
 fn verdict(action: &str, due: Option<String>, header: Option<&String>) -> Result<Verdict, String> {
     Ok(match action {
         "release" => Verdict::Release,

@@ -37,10 +37,8 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::fs::File;
-use std::io::BufReader;
 use std::os::fd::AsFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -49,8 +47,6 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-use queue_format::queue_file::read_envelope;
-use queue_format::reader::{Mode, Reader};
 
 use crate::commands::{self, Action, RunOpts, Triggers};
 use crate::config::Config;
@@ -227,45 +223,19 @@ impl Logger {
 /// brings it back).
 pub fn facts_of(cfg: &Config, loc: &Location, max_age_cap: u64) -> Option<(u64, Facts, i64, bool)> {
     let path = cfg.queue_directory.join(loc.path());
-    let meta = std::fs::symlink_metadata(&path).ok()?;
-    if !meta.file_type().is_file() || meta.mode() & 0o700 != 0o700 {
-        return None;
-    }
-    let file = File::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(&path)
-        .ok()?;
-    let st = nix::sys::stat::fstat(file.as_fd()).ok()?;
-    if st.st_ino != meta.ino() {
-        return None;
-    }
-    let mut rd = Reader::with_len(BufReader::new(&file), st.st_size as u64, Mode::LOGICAL);
-    let env = read_envelope(&mut rd).ok()?;
-    env.check_complete().ok()?;
-    let mut facts = Facts {
-        sender: String::from_utf8_lossy(env.sender.as_deref().unwrap_or_default()).into_owned(),
-        recipients: env
-            .recipients
-            .iter()
-            .filter(|r| r.state == queue_format::queue_file::RecipientState::Todo)
-            .map(|r| String::from_utf8_lossy(&r.address).into_owned())
-            .collect(),
-        size: env.size.map_or(0, |s| s.data_size),
+    let m = crate::scan::Message::open(&path, &loc.id, None, true).ok()?;
+    let requeued = commands::is_requeued_copy(&m.env);
+    let facts = Facts {
+        size: m.env.size.map_or(0, |s| s.data_size),
         age: now()
-            .saturating_sub(env.expiry_base().unwrap_or(now()))
+            .saturating_sub(m.env.expiry_base().unwrap_or(now()))
             .max(0) as u64,
-        held: (now() - meta.ctime()).clamp(0, max_age_cap as i64) as u64,
-        headers: Vec::new(),
+        held: (now() - m.ctime_us.div_euclid(1_000_000)).clamp(0, max_age_cap as i64) as u64,
+        sender: m.sender,
+        recipients: m.recipients,
+        headers: m.headers,
     };
-    // Headers only: reading stops at the first body line.
-    facts.headers = queue_format::queue_file::read_headers(&mut rd, env.content_offset?).ok()?;
-    Some((
-        st.st_ino,
-        facts,
-        st.st_ctime * 1_000_000 + st.st_ctime_nsec / 1000,
-        commands::is_requeued_copy(&env),
-    ))
+    Some((m.ino, facts, m.ctime_us, requeued))
 }
 
 /// Applies the rules to a file: the decision, or `None` if it is not
@@ -406,7 +376,7 @@ fn scan_worker(ctx: Arc<ScanCtx>, rx: Receiver<Job>) {
             Arc::clone(&b.rules.scanners[si])
         };
         let path = ctx.cfg.queue_directory.join(loc.path());
-        let msg = match crate::scan::Message::open(&path, &loc.id, Some(ino)) {
+        let msg = match crate::scan::Message::open(&path, &loc.id, Some(ino), false) {
             Ok(m) => m,
             // Gone from hold, replaced or unreadable: the guard gives the
             // claim back; the next event or scan decides.

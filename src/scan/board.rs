@@ -181,11 +181,6 @@ impl Board {
         })
     }
 
-    /// Forgets everything (rules reloaded).
-    pub fn clear(&self) {
-        self.with(|m| m.clear())
-    }
-
     /// Messages with scan state.
     pub fn len(&self) -> usize {
         self.with(|m| m.len())

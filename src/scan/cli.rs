@@ -58,7 +58,10 @@ fn judge(cfg: &Config, rules: &Rules, loc: &Location, stop: &AtomicBool) -> (Str
             Eval::Rule(Some(r)) => {
                 said.push(format!(
                     "would {} (rule {})",
-                    verdict_word(&r.verdict),
+                    match &r.verdict {
+                        crate::rules::Verdict::ReleaseAt(h) => format!("release at {h}"),
+                        v => v.name().to_string(),
+                    },
                     r.name
                 ));
                 return (format!("{}: {}", loc.id, said.join(", ")), true);
@@ -69,7 +72,7 @@ fn judge(cfg: &Config, rules: &Rules, loc: &Location, stop: &AtomicBool) -> (Str
             }
             Eval::Scan(si) => {
                 let sc = &rules.scanners[si];
-                let r = Message::open(&path, &loc.id, None).and_then(|m| sc.scan(&m, stop));
+                let r = Message::open(&path, &loc.id, None, false).and_then(|m| sc.scan(&m, stop));
                 match r {
                     Ok(o) => {
                         said.push(format!("{}: {}", sc.name, o.describe()));
@@ -85,18 +88,6 @@ fn judge(cfg: &Config, rules: &Rules, loc: &Location, stop: &AtomicBool) -> (Str
                 }
             }
         }
-    }
-}
-
-fn verdict_word(v: &crate::rules::Verdict) -> String {
-    use crate::rules::Verdict::*;
-    match v {
-        Release => "release".into(),
-        Requeue => "requeue".into(),
-        Expire => "expire".into(),
-        Quarantine => "quarantine".into(),
-        Keep => "keep".into(),
-        ReleaseAt(h) => format!("release at {h}"),
     }
 }
 
@@ -141,7 +132,7 @@ pub fn run(
                     let line = match only {
                         Some(si) => {
                             let sc = &rules.scanners[si];
-                            let r = Message::open(&qd.join(loc.path()), &loc.id, None)
+                            let r = Message::open(&qd.join(loc.path()), &loc.id, None, false)
                                 .and_then(|m| sc.scan(&m, &stop));
                             match r {
                                 Ok(o) => {

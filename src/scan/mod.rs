@@ -23,7 +23,6 @@ pub mod spamd;
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek};
-use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -215,11 +214,16 @@ impl Scanner {
             deadline: Instant::now() + self.timeout,
             stop,
         };
-        if let Some(max) = self.max_size {
-            let n = msg.content_len()?;
-            if n > max {
-                return Ok(Outcome::Oversize(n));
-            }
+        // One read of the content for its length, when a limit or the
+        // protocol (spamd's Content-length) needs it.
+        let len = match (&self.kind, self.max_size) {
+            (Kind::Spamd { .. }, _) | (_, Some(_)) => Some(msg.content_len()?),
+            _ => None,
+        };
+        if let (Some(n), Some(max)) = (len, self.max_size)
+            && n > max
+        {
+            return Ok(Outcome::Oversize(n));
         }
         match &self.kind {
             Kind::Command { .. } => command::run(self, msg, &budget),
@@ -227,7 +231,15 @@ impl Scanner {
                 address,
                 symbols,
                 user,
-            } => spamd::check(self, address, *symbols, user.as_deref(), msg, &budget),
+            } => spamd::check(
+                self,
+                address,
+                *symbols,
+                user.as_deref(),
+                msg,
+                len.unwrap_or_default(),
+                &budget,
+            ),
             Kind::Clamd { address, chunk } => clamd::instream(self, address, *chunk, msg, &budget),
         }
     }
@@ -264,16 +276,31 @@ pub struct Message {
     pub sender: String,
     /// Recipients still to deliver.
     pub recipients: Vec<String>,
+    /// The envelope as read.
+    pub env: Envelope,
+    /// Headers (unfolded), when asked for at open.
+    pub headers: Vec<(String, String)>,
+    /// The file's inode.
+    pub ino: u64,
+    /// Its ctime in microseconds (for a held file: when it was committed).
+    pub ctime_us: i64,
     file: File,
     len: u64,
     mesg_at: u64,
 }
 
 impl Message {
-    /// Opens `path` read-only, without following a symlink, and checks that
-    /// it is a committed regular file with inode `ino` (when given) and a
-    /// complete envelope.
-    pub fn open(path: &Path, id: &str, ino: Option<u64>) -> Result<Message, Failure> {
+    /// Opens `path` read-only, without following a symlink (and without
+    /// blocking on a FIFO), and checks that it is a committed regular file
+    /// with inode `ino` (when given) and a complete envelope; reads the
+    /// headers too when `headers` (never the body). The one way the daemon
+    /// reads a held message.
+    pub fn open(
+        path: &Path,
+        id: &str,
+        ino: Option<u64>,
+        headers: bool,
+    ) -> Result<Message, Failure> {
         let gone = |e: std::io::Error| Failure::soft(format!("{}: {e}", path.display()));
         let file = File::options()
             .read(true)
@@ -290,21 +317,21 @@ impl Message {
         if ino.is_some_and(|i| i != meta.ino()) {
             return Err(Failure::soft(format!("{}: replaced", path.display())));
         }
-        let _ = nix::fcntl::fcntl(
-            file.as_fd(),
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
-        );
         let len = meta.len();
         let bad = |e: queue_format::Error| Failure::soft(format!("{}: {e}", path.display()));
-        let env: Envelope = {
-            let mut rd = Reader::with_len(BufReader::new(&file), len, Mode::LOGICAL);
-            let env = read_envelope(&mut rd).map_err(bad)?;
-            env.check_complete().map_err(bad)?;
-            env
-        };
+        let mut rd = Reader::with_len(BufReader::new(&file), len, Mode::LOGICAL);
+        let env = read_envelope(&mut rd).map_err(bad)?;
+        env.check_complete().map_err(bad)?;
         let mesg_at = env
             .content_offset
             .ok_or_else(|| Failure::soft(format!("{}: no message content", path.display())))?;
+        let headers = if headers {
+            // Reading stops at the first body line.
+            queue_format::queue_file::read_headers(&mut rd, mesg_at).map_err(bad)?
+        } else {
+            Vec::new()
+        };
+        drop(rd);
         Ok(Message {
             id: id.to_string(),
             sender: String::from_utf8_lossy(env.sender.as_deref().unwrap_or_default()).into_owned(),
@@ -314,6 +341,10 @@ impl Message {
                 .filter(|r| r.state == RecipientState::Todo)
                 .map(|r| String::from_utf8_lossy(&r.address).into_owned())
                 .collect(),
+            env,
+            headers,
+            ino: meta.ino(),
+            ctime_us: meta.ctime() * 1_000_000 + meta.ctime_nsec() / 1000,
             file,
             len,
             mesg_at,

@@ -119,9 +119,9 @@ pub fn check(
     symbols: bool,
     user: Option<&str>,
     msg: &Message,
+    len: u64,
     b: &Budget,
 ) -> Result<Outcome, Failure> {
-    let len = msg.content_len()?;
     let mut conn = connect_to(addr, sc.connect_timeout)?;
     let mut head = format!(
         "{} SPAMC/1.5\r\nContent-length: {len}\r\n",
