@@ -2,5 +2,5 @@
 //! library so that tests can call it.
 
 fn main() {
-    std::process::exit(posthold::cli::main_with_args(std::env::args_os()));
+    std::process::exit(posthold::cmd::main_with_args(std::env::args_os()));
 }

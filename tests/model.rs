@@ -11,9 +11,9 @@ use std::fs::File;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
-use posthold::commands::{self, Action, ReleaseTo, RunOpts};
 use posthold::config::Config;
-use posthold::spool::Spool;
+use posthold::queue::act::{self, Action, ReleaseTo, RunOpts};
+use posthold::queue::spool::Spool;
 use proptest::prelude::*;
 use queue_format::writer::Builder;
 
@@ -90,7 +90,7 @@ impl World {
     fn run(&self, action: Action, ids: &[String]) {
         let spool = self.spool();
         let mut out = Vec::new();
-        let _ = commands::run(&spool, &action, ids, RunOpts::default(), &mut out).unwrap();
+        let _ = act::run(&spool, &action, ids, RunOpts::default(), &mut out).unwrap();
     }
 
     /// Where each message is now; panics if not exactly one place.

@@ -14,9 +14,7 @@
 //! Timeouts and crashes are *strikes*: enough of them on one message make
 //! it a poison message, which the daemon quarantines.
 
-pub mod board;
 pub mod clamd;
-pub mod cli;
 pub mod command;
 pub mod net;
 pub mod spamd;

@@ -24,7 +24,7 @@ use nix::sys::stat::{Mode, fchmod, fstatat, futimens, mkdirat};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fsync, unlinkat};
 
-use crate::spool::{Admitted, Location, Spool};
+use crate::queue::spool::{Admitted, Location, Spool};
 
 /// What went wrong in a move. The file is unchanged and where it was.
 #[derive(Debug)]
@@ -111,7 +111,7 @@ fn target_dir(spool: &Spool, rel: &str, loc: &Location) -> Result<Rc<OwnedFd>, M
         }
         // Only hash levels (one character) and posthold's own quarantine
         // directory are ever created; a missing queue is a broken spool.
-        if part.len() != 1 && path != crate::spool::QUARANTINE {
+        if part.len() != 1 && path != crate::queue::spool::QUARANTINE {
             return Err(io(format!(
                 "{path}: missing queue directory (run postfix check)"
             )));
@@ -167,11 +167,11 @@ fn target_dir(spool: &Spool, rel: &str, loc: &Location) -> Result<Rc<OwnedFd>, M
 /// Creates posthold's quarantine directory (0700, mail_owner) if missing.
 pub fn ensure_quarantine(spool: &Spool) -> Result<(), MoveError> {
     let loc = Location {
-        queue: crate::spool::QUARANTINE.into(),
-        dir: crate::spool::QUARANTINE.into(),
+        queue: crate::queue::spool::QUARANTINE.into(),
+        dir: crate::queue::spool::QUARANTINE.into(),
         id: String::new(),
     };
-    target_dir(spool, crate::spool::QUARANTINE, &loc).map(|_| ())
+    target_dir(spool, crate::queue::spool::QUARANTINE, &loc).map(|_| ())
 }
 
 /// Moves an admitted file into `queue`, under the same name. Returns the
@@ -354,11 +354,11 @@ pub fn delete(spool: &Spool, adm: Admitted) -> Result<(), MoveError> {
     //    rename: if qmgr took it meanwhile (deferred -> active) this fails
     //    and nothing, not even its logs, is touched. A crash after this
     //    leaves it in quarantine, where `restore` brings it back.
-    let aside = if adm.loc.queue == crate::spool::QUARANTINE {
+    let aside = if adm.loc.queue == crate::queue::spool::QUARANTINE {
         drop(adm.file);
         adm.loc
     } else {
-        move_to(spool, adm, crate::spool::QUARANTINE, Times::Keep)?
+        move_to(spool, adm, crate::queue::spool::QUARANTINE, Times::Keep)?
     };
     // 2. Its logs, so that a later message that reuses the ID does not
     //    inherit them.

@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 
 use crate::config::Config;
 use crate::error::Fatal;
+use crate::queue::spool::{Location, Spool};
 use crate::rules::{Eval, Rules};
-use crate::spool::{Location, Spool};
 
-use super::{Message, Outcome, sanitize};
+use crate::scan::{Message, Outcome, sanitize};
 
 /// Options of `posthold scan`.
 #[derive(Debug, Clone)]
@@ -24,7 +24,7 @@ pub struct ScanOpts {
 
 fn locations(spool: &Spool, ids: &[String]) -> Result<(Vec<Location>, Vec<String>), Fatal> {
     let mut missing = Vec::new();
-    let locs = match crate::commands::read_targets(ids)? {
+    let locs = match crate::queue::act::read_targets(ids)? {
         None => spool.entries("hold"),
         Some(ids) => ids
             .into_iter()
@@ -43,7 +43,7 @@ fn locations(spool: &Spool, ids: &[String]) -> Result<(Vec<Location>, Vec<String
 /// One message through the rules, scanning as they ask: a line of output
 /// and whether every scan it needed succeeded.
 fn judge(cfg: &Config, rules: &Rules, loc: &Location, stop: &AtomicBool) -> (String, bool) {
-    let Some((_, facts, _, _)) = crate::watch::facts_of(cfg, loc, u64::MAX / 2) else {
+    let Some((_, facts, _, _)) = crate::daemon::facts_of(cfg, loc, u64::MAX / 2) else {
         return (format!("{}: not readable or not committed", loc.id), false);
     };
     let path = cfg.queue_directory.join(loc.path());

@@ -29,6 +29,8 @@
 //! `X-Deliver-At`, then `Deferred-Delivery`, release at the header's time;
 //! everything else stays on hold.
 
+pub mod due;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -590,7 +592,7 @@ impl Rules {
             verdict: Verdict::ReleaseAt(h.into()),
         };
         Rules {
-            rules: crate::deliver_at::DUE_HEADERS
+            rules: crate::rules::due::DUE_HEADERS
                 .iter()
                 .map(|h| at(h))
                 .collect(),

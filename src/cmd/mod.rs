@@ -9,8 +9,12 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
 use crate::error::{EXIT_CONFIG, Fatal};
-use crate::spool::Spool;
-use crate::{cat, check, commands, list};
+use crate::queue::act as commands;
+use crate::queue::spool::Spool;
+use crate::read::{cat, list};
+
+pub mod check;
+pub mod scan;
 
 /// Options every subcommand takes.
 #[derive(Debug, Args, Clone)]
@@ -340,12 +344,12 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32
             let metrics = a
                 .metrics
                 .as_deref()
-                .map(crate::metrics::parse_addr)
+                .map(crate::daemon::metrics::parse_addr)
                 .transpose()?;
             let cfg = a.common.load()?;
-            crate::watch::run(
+            crate::daemon::run(
                 cfg,
-                crate::watch::WatchOpts {
+                crate::daemon::WatchOpts {
                     rules: a.rules.clone(),
                     scan_interval: std::time::Duration::from_secs(interval.max(1)),
                     workers: a.workers,
@@ -358,19 +362,19 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32
         Command::Scan(a) => (|| {
             let rules = crate::rules::Rules::load(Some(&a.rules))?;
             let spool = Spool::open(a.common.load()?)?;
-            crate::scan::cli::run(
+            crate::cmd::scan::run(
                 &spool,
                 rules,
                 &a.ids,
-                &crate::scan::cli::ScanOpts {
+                &crate::cmd::scan::ScanOpts {
                     scanner: a.scanner.clone(),
                     jobs: a.jobs,
                 },
                 &mut out,
             )
         })(),
-        Command::Status(a) => crate::metrics::parse_addr(&a.metrics)
-            .and_then(|addr| crate::metrics::status(addr, &mut out)),
+        Command::Status(a) => crate::daemon::metrics::parse_addr(&a.metrics)
+            .and_then(|addr| crate::daemon::metrics::status(addr, &mut out)),
         Command::CheckConfig(a) => crate::rules::Rules::load(a.rules.as_deref()).and_then(|r| {
             for (i, rule) in r.rules.iter().enumerate() {
                 let scan = rule

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::Outcome;
+use crate::scan::Outcome;
 
 #[derive(Debug, Default)]
 struct Slot {

@@ -59,10 +59,10 @@ pub fn due_of(path: &Path) -> Option<Result<i64, String>> {
     let mut rd = Reader::with_len(BufReader::new(f), len, Mode::LOGICAL);
     let env = queue_format::queue_file::read_envelope(&mut rd).ok()?;
     let headers = queue_format::queue_file::read_headers(&mut rd, env.content_offset?).ok()?;
-    crate::deliver_at::DUE_HEADERS.iter().find_map(|h| {
+    crate::rules::due::DUE_HEADERS.iter().find_map(|h| {
         let (_, v) = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(h))?;
         Some(
-            crate::deliver_at::parse(v)
+            crate::rules::due::parse(v)
                 .map(|t| t.timestamp())
                 .ok_or_else(|| v.clone()),
         )

@@ -35,6 +35,9 @@
 //! reloads the rules and rescans. Logs: one line per decision that changes
 //! something, beginning with the queue ID.
 
+pub mod board;
+pub mod metrics;
+
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::os::fd::AsFd;
@@ -48,12 +51,12 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
-use crate::commands::{self, Action, RunOpts, Triggers};
 use crate::config::Config;
+use crate::daemon::board::{Board, Claim};
 use crate::error::Fatal;
+use crate::queue::act::{self, Action, RunOpts, Triggers};
+use crate::queue::spool::{Location, Spool};
 use crate::rules::{Eval, Facts, Rules, Verdict};
-use crate::scan::board::{Board, Claim};
-use crate::spool::{Location, Spool};
 
 /// Daemon options.
 #[derive(Debug, Clone)]
@@ -224,7 +227,7 @@ impl Logger {
 pub fn facts_of(cfg: &Config, loc: &Location, max_age_cap: u64) -> Option<(u64, Facts, i64, bool)> {
     let path = cfg.queue_directory.join(loc.path());
     let m = crate::scan::Message::open(&path, &loc.id, None, true).ok()?;
-    let requeued = commands::is_requeued_copy(&m.env);
+    let requeued = act::is_requeued_copy(&m.env);
     let facts = Facts {
         size: m.env.size.map_or(0, |s| s.data_size),
         age: now()
@@ -304,7 +307,7 @@ pub fn decide(cfg: &Config, brain: &Brain, board: &Board, loc: &Location) -> Opt
     d.verdict = rule.verdict.clone();
     if let Verdict::ReleaseAt(h) = &rule.verdict {
         let value = facts.header(h).unwrap_or("");
-        match crate::deliver_at::parse(value) {
+        match crate::rules::due::parse(value) {
             None => {
                 d.verdict = brain.rules.on_bad_date.clone();
                 d.reason = format!(
@@ -341,7 +344,7 @@ struct ScanCtx {
     decisions: Sender<Decision>,
     stop: Arc<AtomicBool>,
     log: Logger,
-    shared: Arc<std::sync::Mutex<crate::metrics::Shared>>,
+    shared: Arc<std::sync::Mutex<crate::daemon::metrics::Shared>>,
 }
 
 /// One scan worker: takes jobs for one scanner until its queue closes
@@ -692,7 +695,7 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
         .map_err(|e| Fatal::config(format!("signal: {e}")))?;
     // Made now, while root: after the drop mail_owner cannot create it in
     // the root-owned queue directory.
-    if let Err(e) = crate::relocate::ensure_quarantine(&spool) {
+    if let Err(e) = crate::queue::relocate::ensure_quarantine(&spool) {
         log.log(&format!("warning: quarantine directory: {e}"));
     }
     if opts.drop_privileges && nix::unistd::geteuid().is_root() {
@@ -710,9 +713,11 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
         opts.scan_interval.as_secs()
     ));
 
-    let shared = Arc::new(std::sync::Mutex::new(crate::metrics::Shared::default()));
+    let shared = Arc::new(std::sync::Mutex::new(
+        crate::daemon::metrics::Shared::default(),
+    ));
     let metrics_thread = match opts.metrics {
-        Some(addr) => Some(crate::metrics::serve(
+        Some(addr) => Some(crate::daemon::metrics::serve(
             addr,
             cfg.clone(),
             Arc::clone(&shared),
@@ -832,7 +837,7 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
         // One posthold at a time changes the queue: wait for a command run
         // by hand to finish.
         let o = match spool.exclusive_until(&stop) {
-            Ok(Some(_guard)) => commands::act(&spool, &action, &d.loc, RunOpts::default(), trig),
+            Ok(Some(_guard)) => act::act(&spool, &action, &d.loc, RunOpts::default(), trig),
             Ok(None) => return false, // stopping: the next start decides again
             Err(e) => {
                 log.log(&format!("{}: {} not done: {e}", d.loc.id, action.name()));

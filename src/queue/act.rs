@@ -1,8 +1,8 @@
 //! The postsuper-style commands: release, hold, requeue, expire, delete,
 //! quarantine, restore, and check. Each resolves its targets (queue IDs,
 //! `-` for IDs on stdin, or `ALL`), passes every file through the gate
-//! ([`crate::spool::Spool::admit`]) and changes it only through the mover
-//! ([`crate::relocate`]). Output: one line per message that begins with the
+//! ([`crate::queue::spool::Spool::admit`]) and changes it only through the mover
+//! ([`crate::queue::relocate`]). Output: one line per message that begins with the
 //! queue ID, then a summary; `--json` prints one object per message.
 //! Exit status: 0 all done, 1 some skipped, 2 usage or configuration.
 
@@ -10,10 +10,10 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, IsTerminal, Write};
 
 use crate::error::Fatal;
-use crate::list::json_quote;
-use crate::relocate::{self, Times};
-use crate::spool::{Admitted, Location, QUARANTINE, SEARCH_ORDER, Spool};
-use crate::trigger;
+use crate::queue::relocate::{self, Times};
+use crate::queue::spool::{Admitted, Location, QUARANTINE, SEARCH_ORDER, Spool};
+use crate::queue::trigger;
+use crate::read::list::json_quote;
 
 /// Where `release` sends mail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -354,8 +354,8 @@ fn print(out: &mut dyn Write, o: &Outcome, action: &str, json: bool) -> std::io:
     } else {
         // The ID comes first, as in Postfix's logs; unprintable bytes of a
         // hostile argument are shown as '?'.
-        let id =
-            String::from_utf8_lossy(&crate::list::printable(o.id.as_bytes(), true)).into_owned();
+        let id = String::from_utf8_lossy(&crate::read::list::printable(o.id.as_bytes(), true))
+            .into_owned();
         writeln!(out, "{id}: {}", o.what)
     }
 }

@@ -17,8 +17,8 @@ use std::os::unix::fs::MetadataExt;
 use queue_format::queue_id::{self, Form};
 
 use crate::error::Fatal;
-use crate::relocate::{self, Times};
-use crate::spool::{Location, QUARANTINE, Spool};
+use crate::queue::relocate::{self, Times};
+use crate::queue::spool::{Location, QUARANTINE, Spool};
 
 /// Queues `check` audits.
 pub const CHECKED: &[&str] = &[
@@ -151,7 +151,8 @@ pub fn check(spool: &Spool, repair: bool, not_ready_after: u64) -> Vec<Finding> 
                     && let Err(r) = spool.inspect(&loc)
                     && matches!(
                         r,
-                        crate::spool::Refusal::Corrupt(_) | crate::spool::Refusal::WrongOwner(_)
+                        crate::queue::spool::Refusal::Corrupt(_)
+                            | crate::queue::spool::Refusal::WrongOwner(_)
                     )
                 {
                     report(r.to_string(), None);
@@ -184,11 +185,11 @@ pub fn run(
         let line = if json {
             format!(
                 "{{\"path\": \"{}\", \"problem\": \"{}\", \"repaired\": {}}}",
-                crate::list::json_quote(f.path.as_bytes(), true),
-                crate::list::json_quote(f.problem.as_bytes(), true),
+                crate::read::list::json_quote(f.path.as_bytes(), true),
+                crate::read::list::json_quote(f.problem.as_bytes(), true),
                 f.repaired.as_ref().map_or("null".to_string(), |r| format!(
                     "\"{}\"",
-                    crate::list::json_quote(r.as_bytes(), true)
+                    crate::read::list::json_quote(r.as_bytes(), true)
                 ))
             )
         } else {

@@ -11,7 +11,7 @@
 //! by anyone. It returns the file with posthold's own flock held, so that
 //! two posthold processes never move the same file at once.
 //!
-//! Nothing here changes a queue file: that is [`crate::relocate`]'s job
+//! Nothing here changes a queue file: that is [`crate::queue::relocate`]'s job
 //! alone. Refusals are values ([`Refusal`]) with a reason to print.
 
 use std::cell::RefCell;

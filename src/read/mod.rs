@@ -1,0 +1,4 @@
+//! Reading the queue: postcat's and postqueue's views.
+
+pub mod cat;
+pub mod list;
