@@ -120,7 +120,7 @@ fn unfinished_file_terminates_where_postcat_3_7_loops() {
     c.arg("cat").arg("-e").arg(&p);
     let out = run(c);
     no_panic(&out);
-    assert_eq!(out.status.code(), Some(1));
+    expect_exit(&out, 1);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("file not finished"), "{err}");
 }
@@ -162,7 +162,7 @@ fn usage_and_config_errors_exit_2() {
     let mut c = posthold();
     c.args(["list", "-c", "/nonexistent/config"]);
     let out = run(c);
-    assert_eq!(out.status.code(), Some(2));
+    expect_exit(&out, 2);
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/config"));
     let cfg = empty_config();
     let q = tempfile::tempdir().unwrap();
@@ -198,6 +198,6 @@ fn missing_file_names_it() {
     let mut c = posthold();
     c.arg("cat").arg("/nonexistent/QF");
     let out = run(c);
-    assert_eq!(out.status.code(), Some(1));
+    expect_exit(&out, 1);
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/QF"));
 }

@@ -4,11 +4,9 @@
 //! its own name and inode, with its bytes unchanged.
 
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use crate::common::*;
-use crate::mover::TempSpool;
 
 const FILES: usize = 10_000;
 const KILLS: usize = 100;
@@ -20,29 +18,18 @@ fn xorshift(seed: &mut u64) -> u64 {
     *seed
 }
 
-/// Where every file is: name -> (relative path, inode).
-fn census(s: &TempSpool) -> HashMap<String, Vec<(String, u64)>> {
-    let mut m: HashMap<String, Vec<(String, u64)>> = HashMap::new();
-    for p in crate::mover::walk(s.q()) {
-        let meta = std::fs::symlink_metadata(&p).unwrap();
-        if meta.is_dir() {
-            continue;
-        }
-        let rel = p
-            .strip_prefix(s.q())
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        let name = p.file_name().unwrap().to_string_lossy().into_owned();
-        m.entry(name).or_default().push((rel, meta.ino()));
-    }
-    m
-}
-
 #[test]
 fn sigkill_during_bulk_moves_loses_and_duplicates_nothing() {
     let mut s = TempSpool::new();
-    let mut seed: u64 = 0x2545F4914F6CDD1D ^ std::process::id() as u64;
+    // The seed decides when each kill lands: printed, and taken from
+    // POSTHOLD_CRASH_SEED when set, so that a failure can be replayed.
+    let mut seed: u64 = match std::env::var("POSTHOLD_CRASH_SEED") {
+        Ok(v) => v.parse().expect("POSTHOLD_CRASH_SEED: a number"),
+        Err(_) => 0x2545F4914F6CDD1D ^ std::process::id() as u64 ^ now() as u64,
+    }
+    .max(1);
+    let seed0 = seed;
+    eprintln!("kill test: seed {seed} (replay with POSTHOLD_CRASH_SEED={seed})");
     let mut ids = Vec::with_capacity(FILES);
     for _ in 0..FILES {
         ids.push(s.add("hold"));
@@ -87,21 +74,25 @@ fn sigkill_during_bulk_moves_loses_and_duplicates_nothing() {
         assert_eq!(
             after.len(),
             FILES,
-            "round {round}: files appeared or vanished"
+            "round {round} (seed {seed0}): files appeared or vanished"
         );
         for id in &ids {
             let places = after
                 .get(id)
-                .unwrap_or_else(|| panic!("round {round}: {id} lost"));
-            assert_eq!(places.len(), 1, "round {round}: {id} in {places:?}");
+                .unwrap_or_else(|| panic!("round {round} (seed {seed0}): {id} lost"));
+            assert_eq!(
+                places.len(),
+                1,
+                "round {round} (seed {seed0}): {id} in {places:?}"
+            );
             let (path, ino) = &places[0];
             assert!(
                 path == &format!("hold/{id}") || path == &format!("incoming/{id}"),
-                "round {round}: {id} at {path}"
+                "round {round} (seed {seed0}): {id} at {path}"
             );
             assert!(
                 queue_format::queue_id::matches_inode(id, *ino),
-                "round {round}: {id} inode {ino}"
+                "round {round} (seed {seed0}): {id} inode {ino}"
             );
         }
         // Bytes: a sample each round, all of them at the end.
@@ -111,7 +102,7 @@ fn sigkill_during_bulk_moves_loses_and_duplicates_nothing() {
             assert_eq!(
                 &std::fs::read(s.q().join(path)).unwrap(),
                 &contents[id],
-                "round {round}: {id} changed"
+                "round {round} (seed {seed0}): {id} changed"
             );
         }
         moved_total += after

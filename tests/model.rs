@@ -11,14 +11,14 @@ use std::fs::File;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
+use posthold::cmd::moves::{self, RunOpts};
 use posthold::config::Config;
-use posthold::queue::act::{self, Action, ReleaseTo, RunOpts};
+use posthold::queue::act::{Action, ReleaseTo};
 use posthold::queue::spool::Spool;
 use proptest::prelude::*;
 use queue_format::writer::Builder;
 
 use crate::common::*;
-use crate::mover::{TempSpool, now, postfix_ids};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -90,7 +90,7 @@ impl World {
     fn run(&self, action: Action, ids: &[String]) {
         let spool = self.spool();
         let mut out = Vec::new();
-        let _ = act::run(&spool, &action, ids, RunOpts::default(), &mut out).unwrap();
+        let _ = moves::run(&spool, &action, ids, RunOpts::default(), &mut out).unwrap();
     }
 
     /// Where each message is now; panics if not exactly one place.
@@ -124,7 +124,7 @@ impl World {
 
     fn check(&self) {
         let mut all_names = 0;
-        for p in crate::mover::walk(self.s.q()) {
+        for p in walk(self.s.q()) {
             if !std::fs::symlink_metadata(&p).unwrap().is_dir() {
                 all_names += 1;
             }

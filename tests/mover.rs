@@ -2,154 +2,12 @@
 //! directories: real files, inodes, renames, flock and fcntl locks.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+
 use std::process::Output;
 
 use queue_format::writer::Builder;
 
 use crate::common::*;
-
-/// A queue directory in a temp dir, every queue present, and a config.
-pub struct TempSpool {
-    pub dir: tempfile::TempDir,
-    pub cfg: tempfile::TempDir,
-    seq: u32,
-}
-
-pub fn postfix_ids() -> (u32, u32) {
-    static IDS: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
-    *IDS.get_or_init(lookup_postfix_ids)
-}
-
-fn lookup_postfix_ids() -> (u32, u32) {
-    let out = std::process::Command::new("id")
-        .args(["-u", "postfix"])
-        .output()
-        .unwrap();
-    let uid: u32 = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("postfix user (run .ci/run)");
-    let out = std::process::Command::new("id")
-        .args(["-g", "postfix"])
-        .output()
-        .unwrap();
-    let gid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    (uid, gid)
-}
-
-impl TempSpool {
-    pub fn new() -> TempSpool {
-        assert!(
-            is_root(),
-            "mover tests need root (chown to postfix): run .ci/run"
-        );
-        let dir = tempfile::Builder::new()
-            .prefix("posthold-spool-")
-            .tempdir()
-            .unwrap();
-        for q in [
-            "incoming", "active", "deferred", "hold", "maildrop", "defer", "bounce", "trace",
-            "public",
-        ] {
-            std::fs::create_dir(dir.path().join(q)).unwrap();
-        }
-        TempSpool {
-            dir,
-            cfg: empty_config(),
-            seq: 0,
-        }
-    }
-
-    pub fn q(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Writes a committed message into `queue` as cleanup would: a
-    /// temporary name, then renamed to the ID its inode gives; 0700 postfix.
-    pub fn add_with(&mut self, queue: &str, b: Builder, mode: u32) -> String {
-        self.seq += 1;
-        let tmp = self
-            .q()
-            .join(queue)
-            .join(format!("{}.{}", self.seq, std::process::id()));
-        std::fs::write(&tmp, b.build()).unwrap();
-        let (uid, gid) = postfix_ids();
-        std::os::unix::fs::chown(&tmp, Some(uid), Some(gid)).unwrap();
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).unwrap();
-        let ino = std::fs::metadata(&tmp).unwrap().ino();
-        let id = queue_format::queue_id::encode_short(self.seq * 7 % 1_000_000, ino);
-        let rel = queue_format::hash_dir::queue_path(queue, &id, queue == "deferred", 1);
-        let dst = self.q().join(rel);
-        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
-        std::fs::rename(&tmp, &dst).unwrap();
-        id
-    }
-
-    pub fn add(&mut self, queue: &str) -> String {
-        let n = self.seq;
-        let b = Builder::new(now() - 60, format!("s{n}@example.com"))
-            .recipient(format!("r{n}@example.net"))
-            .header(format!("Subject: test {n}"))
-            .body_line(format!("body {n}"));
-        self.add_with(queue, b, 0o700)
-    }
-
-    /// Every place (relative path) where a file named `id` is.
-    pub fn find(&self, id: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        for e in walk(self.q()) {
-            if e.file_name().is_some_and(|n| n == id) {
-                out.push(
-                    e.strip_prefix(self.q())
-                        .unwrap()
-                        .to_string_lossy()
-                        .into_owned(),
-                );
-            }
-        }
-        out.sort();
-        out
-    }
-
-    /// Files in hold/ (a cheap census for tests that move nothing).
-    pub fn find_all_count(&self) -> usize {
-        std::fs::read_dir(self.q().join("hold")).unwrap().count()
-    }
-
-    pub fn cmd(&self, args: &[&str]) -> Output {
-        let mut c = posthold();
-        c.arg(args[0])
-            .arg("-c")
-            .arg(self.cfg.path())
-            .arg("--queue-directory")
-            .arg(self.q())
-            .args(&args[1..]);
-        run(c)
-    }
-}
-
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-pub fn walk(p: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![p.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let ft = e.file_type().unwrap();
-            if ft.is_dir() {
-                stack.push(e.path());
-            }
-            out.push(e.path());
-        }
-    }
-    out
-}
 
 fn text(o: &Output) -> String {
     format!(
@@ -174,7 +32,7 @@ fn release_to_incoming_keeps_inode_bytes_and_sets_mtime() {
         })
         .collect();
     let o = s.cmd(&["release", "ALL"]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    expect_exit(&o, 0);
     for (id, (ino, bytes)) in ids.iter().zip(before) {
         assert_eq!(s.find(id), vec![format!("incoming/{id}")]);
         let p = s.q().join("incoming").join(id);
@@ -196,7 +54,7 @@ fn release_requeues_old_mail_and_honours_to() {
     let old_id = s.add_with("hold", old, 0o700);
     let young = s.add("hold");
     let o = s.cmd(&["release", old_id.as_str(), young.as_str()]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    expect_exit(&o, 0);
     assert_eq!(
         s.find(&old_id),
         vec![format!("maildrop/{old_id}")],
@@ -212,7 +70,7 @@ fn release_requeues_old_mail_and_honours_to() {
         .unwrap();
     drop(future);
     let o = s.cmd(&["release", "--to", "deferred", d.as_str()]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    expect_exit(&o, 0);
     let rel = queue_format::hash_dir::queue_path("deferred", &d, true, 1);
     assert_eq!(s.find(&d), vec![rel.clone()]);
     let m = std::fs::metadata(s.q().join(&rel)).unwrap();
@@ -225,12 +83,12 @@ fn hold_requeue_expire_quarantine_restore_delete() {
     let a = s.add("deferred");
     let b = s.add("incoming");
     let o = s.cmd(&["hold", a.as_str(), b.as_str()]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    expect_exit(&o, 0);
     assert_eq!(s.find(&a), vec![format!("hold/{a}")]);
     assert_eq!(s.find(&b), vec![format!("hold/{b}")]);
 
     let o = s.cmd(&["expire", a.as_str()]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    expect_exit(&o, 0);
     assert_eq!(
         std::fs::metadata(s.q().join("hold").join(&a))
             .unwrap()
@@ -239,7 +97,7 @@ fn hold_requeue_expire_quarantine_restore_delete() {
         0o710
     );
     let o = s.cmd(&["expire", "--release", b.as_str()]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    expect_exit(&o, 0);
     let rel = queue_format::hash_dir::queue_path("deferred", &b, true, 1);
     assert_eq!(s.find(&b), vec![rel.clone()]);
     assert_eq!(
@@ -248,7 +106,7 @@ fn hold_requeue_expire_quarantine_restore_delete() {
     );
 
     let o = s.cmd(&["quarantine", a.as_str()]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    expect_exit(&o, 0);
     assert_eq!(s.find(&a), vec![format!("posthold-quarantine/{a}")]);
     let o = s.cmd(&["release", a.as_str()]);
     assert_eq!(
@@ -258,11 +116,11 @@ fn hold_requeue_expire_quarantine_restore_delete() {
         text(&o)
     );
     let o = s.cmd(&["restore", a.as_str()]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    expect_exit(&o, 0);
     assert_eq!(s.find(&a), vec![format!("hold/{a}")]);
 
     let o = s.cmd(&["requeue", a.as_str()]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    expect_exit(&o, 0);
     assert_eq!(s.find(&a), vec![format!("maildrop/{a}")]);
 
     // delete: logs first, then the file; ALL needs --yes.
@@ -273,10 +131,10 @@ fn hold_requeue_expire_quarantine_restore_delete() {
     std::fs::create_dir_all(log.parent().unwrap()).unwrap();
     std::fs::write(&log, "recipient=x\n\n").unwrap();
     let o = s.cmd(&["delete", "ALL"]);
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    expect_exit(&o, 2);
     assert!(s.q().join("hold").join(&c).exists());
     let o = s.cmd(&["delete", c.as_str()]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    expect_exit(&o, 0);
     assert!(s.find(&c).is_empty(), "{:?}", s.find(&c));
 }
 
@@ -286,14 +144,14 @@ fn hold_never_takes_from_active_or_maildrop_and_dry_run_changes_nothing() {
     let a = s.add("active");
     let m = s.add("maildrop");
     let o = s.cmd(&["hold", a.as_str(), m.as_str()]);
-    assert_eq!(o.status.code(), Some(1));
+    expect_exit(&o, 1);
     assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("{a}: skipped: in active")));
     assert_eq!(s.find(&a), vec![format!("active/{a}")]);
     assert_eq!(s.find(&m), vec![format!("maildrop/{m}")]);
     let h = s.add("hold");
     let before = std::fs::metadata(s.q().join("hold").join(&h)).unwrap();
     let o = s.cmd(&["release", "--dry-run", "ALL"]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    expect_exit(&o, 0);
     assert!(String::from_utf8_lossy(&o.stdout).contains("would be moved to incoming"));
     let after = std::fs::metadata(s.q().join("hold").join(&h)).unwrap();
     assert_eq!(
@@ -308,7 +166,7 @@ fn hold_never_takes_from_active_or_maildrop_and_dry_run_changes_nothing() {
 fn bad_input_is_refused_and_nothing_moves() {
     let mut s = TempSpool::new();
     let o = s.cmd(&["release", "..", "a/b", ".", "", "x.y"]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    expect_exit(&o, 1);
     assert_eq!(
         String::from_utf8_lossy(&o.stdout)
             .matches("not a legal queue ID")
@@ -460,7 +318,7 @@ fn locked_files_are_skipped_flock_and_fcntl() {
     assert_eq!(s.find(&c), vec![format!("hold/{c}")]);
     // Unlocked now: released.
     let o = s.cmd(&["release", f.as_str(), c.as_str()]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    expect_exit(&o, 0);
 }
 
 #[test]
@@ -476,7 +334,7 @@ fn other_file_system_is_refused_never_copied() {
     assert!(st.success(), "mount tmpfs (root in CI)");
     let o = s.cmd(&["release", id.as_str()]);
     let _ = std::process::Command::new("umount").arg(&inc).status();
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    expect_exit(&o, 1);
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("another file system"),
         "{}",
@@ -522,7 +380,7 @@ fn check_reports_and_repairs_what_postsuper_s_would() {
     );
 
     let o = s.cmd(&["check", "--repair"]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    expect_exit(&o, 1);
     assert_eq!(
         s.find(&w),
         vec![queue_format::hash_dir::queue_path("deferred", &w, true, 1)]

@@ -157,7 +157,7 @@ fn list_is_read_only_and_held_mail_stays_held() {
 
 /// Relative path -> inode of every file in the instance's queue.
 fn queue_files(pf: &Instance) -> Vec<(String, u64)> {
-    let mut v: Vec<(String, u64)> = crate::mover::walk(&pf.queue())
+    let mut v: Vec<(String, u64)> = walk(&pf.queue())
         .into_iter()
         .filter(|p| {
             std::fs::symlink_metadata(p)

@@ -313,7 +313,7 @@ fn readme_rules_example_passes_check_config() {
     let mut c = posthold();
     c.arg("check-config").arg(&p);
     let o = run(c);
-    assert_eq!(o.status.code(), Some(2));
+    expect_exit(&o, 2);
     assert!(String::from_utf8_lossy(&o.stderr).contains("x: sender"));
 }
 
@@ -364,7 +364,7 @@ fn sighup_reloads_rules() {
 /// the daemon promptly and cleanly, moving nothing.
 #[test]
 fn sigterm_during_a_big_scan_exits_promptly() {
-    let mut s = crate::mover::TempSpool::new();
+    let mut s = TempSpool::new();
     for _ in 0..5000 {
         s.add("hold");
     }

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+mod spool;
+pub use spool::*;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -23,6 +26,21 @@ pub fn posthold() -> Command {
 /// Runs a command with no stdin and returns its output.
 pub fn run(mut c: impl std::borrow::BorrowMut<Command>) -> Output {
     c.borrow_mut().stdin(Stdio::null()).output().expect("spawn")
+}
+
+/// Asserts that a finished command exited with `code`, printing its stdout
+/// and stderr when it did not; returns its stdout as text.
+#[track_caller]
+pub fn expect_exit(o: &Output, code: i32) -> String {
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "exit status {:?}, expected {code}\n--- stdout:\n{out}\n--- stderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
 }
 
 /// Whether Postfix's tools are installed (they are in CI: .ci/run installs them).
