@@ -12,3 +12,4 @@ pub mod queue;
 pub mod read;
 pub mod rules;
 pub mod scan;
+pub mod util;

@@ -726,7 +726,7 @@ fn native_clients_fail_closed_on_misbehaving_servers() {
     let rules = pf.dir.path().join("down.toml");
     std::fs::write(&rules, "[scanner.s]\ntype = \"spamd\"\naddress = \"127.0.0.1:1\"\n[[rule]]\nscan = \"s\"\naction = \"quarantine\"\n").unwrap();
     let out = run(pf.posthold("scan").arg("--rules").arg(&rules).arg(&id));
-    assert_eq!(out.status.code(), Some(1));
+    expect_exit(&out, 1);
     assert!(String::from_utf8_lossy(&out.stdout).contains("cannot connect"));
     // Nothing moved or touched.
     let after = std::fs::metadata(&path).unwrap();
@@ -933,4 +933,42 @@ fn readme_scanner_example_passes_check_config() {
         "{out}"
     );
     assert!(out.contains("max_size=26214400"), "{out}");
+}
+
+/// Regression: the due-date judgement (bad date, beyond the horizon) lived
+/// in the daemon alone, so `posthold scan` said "would release at
+/// X-Deliver-At" for a message the daemon keeps as a bad date. Both now
+/// call the same decision code.
+#[test]
+fn scan_judges_due_dates_as_the_daemon_does() {
+    let mut sp = TempSpool::new();
+    let mk = |sp: &mut TempSpool, date: &str| {
+        let b = queue_format::writer::Builder::new(now() - 60, "a@example.com")
+            .recipient("r@example.net")
+            .header(format!("X-Deliver-At: {date}"))
+            .body_line("hello");
+        sp.add_with("hold", b, 0o700)
+    };
+    let bad = mk(&mut sp, "not a date at all");
+    let far = mk(&mut sp, "Thu, 1 Jan 2099 00:00:00 +0000");
+    let rules = sp.q().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[settings]\nhorizon = \"30d\"\n[scanner.ok]\ntype = \"command\"\nargv = [\"/bin/true\"]\n\
+         [[rule]]\nname = \"sched\"\nheader = \"X-Deliver-At\"\naction = \"release-at\"\n",
+    )
+    .unwrap();
+    let out = sp.cmd(&["scan", "--rules", rules.to_str().unwrap(), &bad, &far]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains(&format!("{bad}: would keep (reason=bad-date, rule=sched")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{far}: would keep (reason=beyond-horizon, rule=sched"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("would release"), "{text}");
 }

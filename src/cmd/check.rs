@@ -14,11 +14,14 @@
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 
-use queue_format::queue_id::{self, Form};
+use queue_format::queue_id;
 
 use crate::error::Fatal;
-use crate::queue::relocate::{self, Times};
+use crate::queue::act;
+use crate::queue::gate::Refusal;
 use crate::queue::spool::{Location, QUARANTINE, Spool};
+use crate::queue::walk::{Descend, walk};
+use crate::util::{json_quote, now};
 
 /// Queues `check` audits.
 pub const CHECKED: &[&str] = &[
@@ -36,127 +39,98 @@ pub struct Finding {
     pub repaired: Option<String>,
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// The ID a file's inode gives, in the form of its current name.
-pub fn id_for_inode(id: &str, inode: u64) -> Option<String> {
-    let d = queue_id::decode(id).ok()?;
-    Some(match d.form {
-        Form::Short => queue_id::encode_short(d.micros, inode),
-        Form::Long => queue_id::encode_long(d.seconds?, d.micros, inode),
-    })
+/// Whether `check` repairs what it can.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repair {
+    /// Report only; take no lock, change nothing.
+    No,
+    /// Repair names and hash directories through the mover.
+    Yes,
 }
 
 /// Audits the spool; repairs when asked.
-pub fn check(spool: &Spool, repair: bool, not_ready_after: u64) -> Vec<Finding> {
+pub fn check(spool: &Spool, repair: Repair, not_ready_after: u64) -> Vec<Finding> {
     let mut out = Vec::new();
-    let qdir = &spool.cfg.queue_directory;
     for &queue in CHECKED {
-        let hashed = spool.cfg.is_hashed(queue);
-        let mut stack = vec![queue.to_string()];
-        while let Some(dir) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(qdir.join(&dir)) else {
+        for found in walk(&spool.cfg, queue, Descend::for_queue(&spool.cfg, queue)) {
+            // An unreadable directory is skipped here.
+            let Ok(found) = found else { continue };
+            if found.is_hash_dir() {
+                continue;
+            }
+            let name = found.name.to_string_lossy().into_owned();
+            let path = found.rel();
+            let dir = found.dir.clone();
+            let Ok(meta) = std::fs::symlink_metadata(&found.path) else {
                 continue;
             };
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let path = format!("{dir}/{name}");
-                let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
-                    continue;
-                };
-                let age = now() - meta.mtime();
-                if meta.is_dir() && hashed && name.len() == 1 {
-                    stack.push(path);
-                    continue;
+            let age = now() - meta.mtime();
+            let mut report = |problem: String, repaired: Option<String>| {
+                out.push(Finding {
+                    path: path.clone(),
+                    problem,
+                    repaired,
+                })
+            };
+            if !queue_id::is_legal(&name) {
+                // Temporary names are normal while cleanup or postdrop
+                // writes; only old ones are worth a line.
+                if age > not_ready_after as i64 {
+                    report(format!("illegal name, {age}s old"), None);
                 }
-                let mut report = |problem: String, repaired: Option<String>| {
-                    out.push(Finding {
-                        path: path.clone(),
-                        problem,
-                        repaired,
-                    })
-                };
-                if !queue_id::is_legal(&name) {
-                    // Temporary names are normal while cleanup or postdrop
-                    // writes; only old ones are worth a line.
-                    if age > not_ready_after as i64 {
-                        report(format!("illegal name, {age}s old"), None);
-                    }
-                    continue;
+                continue;
+            }
+            if !meta.file_type().is_file() {
+                report("not a regular file".into(), None);
+                continue;
+            }
+            if meta.mode() & 0o700 != 0o700 {
+                if age > not_ready_after as i64 {
+                    report(
+                        format!("not ready (mode {:04o}) for {age}s", meta.mode() & 0o7777),
+                        None,
+                    );
                 }
-                if !meta.file_type().is_file() {
-                    report("not a regular file".into(), None);
-                    continue;
-                }
-                if meta.mode() & 0o700 != 0o700 {
-                    if age > not_ready_after as i64 {
-                        report(
-                            format!("not ready (mode {:04o}) for {age}s", meta.mode() & 0o7777),
-                            None,
-                        );
-                    }
-                    continue;
-                }
-                if meta.nlink() > 1 {
-                    report(format!("{} links", meta.nlink()), None);
-                }
-                if queue == "maildrop" || queue == QUARANTINE {
-                    continue;
-                }
-                let loc = Location {
-                    queue: queue.to_string(),
-                    dir: dir.clone(),
-                    id: name.clone(),
-                };
-                if queue_id::decode(&name).is_err() {
-                    report("name is not a queue ID in short or long form".into(), None);
-                    continue;
-                }
-                if !queue_id::matches_inode(&name, meta.ino()) {
-                    let fix = (repair && queue != "active").then(|| {
-                        match spool.admit_with(&loc, false, true) {
-                            // The new ID from the inode of the file actually
-                            // admitted, not the one seen by the earlier lstat.
-                            Ok(adm) => match id_for_inode(&name, adm.st.st_ino) {
-                                Some(new_id) => match relocate::rename_id(spool, adm, &new_id) {
-                                    Ok(l) => format!("renamed to {}", l.path()),
-                                    Err(e) => format!("not repaired: {e}"),
-                                },
-                                None => "not repaired: no ID for this name form".to_string(),
-                            },
-                            Err(r) => format!("not repaired: {r}"),
-                        }
-                    });
-                    report(format!("name does not match inode {}", meta.ino()), fix);
-                    continue;
-                }
-                let want = spool.queue_dir(queue, &name);
-                if want != dir {
-                    let fix = (repair && queue != "active").then(|| match spool.admit(&loc) {
-                        Ok(adm) => match relocate::move_to(spool, adm, queue, Times::Keep) {
-                            Ok(l) => format!("moved to {}", l.path()),
-                            Err(e) => format!("not repaired: {e}"),
-                        },
-                        Err(r) => format!("not repaired: {r}"),
-                    });
-                    report(format!("wrong hash directory (belongs in {want})"), fix);
-                    continue;
-                }
-                if queue != "active"
-                    && let Err(r) = spool.inspect(&loc)
-                    && matches!(
-                        r,
-                        crate::queue::spool::Refusal::Corrupt(_)
-                            | crate::queue::spool::Refusal::WrongOwner(_)
-                    )
-                {
-                    report(r.to_string(), None);
-                }
+                continue;
+            }
+            if meta.nlink() > 1 {
+                report(format!("{} links", meta.nlink()), None);
+            }
+            if queue == "maildrop" || queue == QUARANTINE {
+                continue;
+            }
+            let loc = Location {
+                queue: queue.to_string(),
+                dir: dir.clone(),
+                id: name.clone(),
+            };
+            if queue_id::decode(&name).is_err() {
+                report("name is not a queue ID in short or long form".into(), None);
+                continue;
+            }
+            let repairs = repair == Repair::Yes && queue != "active";
+            if !queue_id::matches_inode(&name, meta.ino()) {
+                let fix = repairs.then(|| match act::repair_name(spool, &loc) {
+                    Ok(l) => format!("renamed to {}", l.path()),
+                    Err(e) => format!("not repaired: {e}"),
+                });
+                report(format!("name does not match inode {}", meta.ino()), fix);
+                continue;
+            }
+            let want = spool.queue_dir(queue, &name);
+            if want != dir {
+                let fix = repairs.then(|| match act::repair_hash_dir(spool, &loc) {
+                    Ok(l) => format!("moved to {}", l.path()),
+                    Err(e) => format!("not repaired: {e}"),
+                });
+                report(format!("wrong hash directory (belongs in {want})"), fix);
+                continue;
+            }
+            if queue != "active"
+                && let Err(r) = spool.inspect(&loc)
+                && matches!(r, Refusal::Corrupt(_) | Refusal::WrongOwner(_))
+            {
+                report(r.to_string(), None);
             }
         }
     }
@@ -166,12 +140,12 @@ pub fn check(spool: &Spool, repair: bool, not_ready_after: u64) -> Vec<Finding> 
 /// Runs `posthold check`; exit 0 when nothing was found, 1 otherwise.
 pub fn run(
     spool: &Spool,
-    repair: bool,
+    repair: Repair,
     not_ready_after: u64,
     json: bool,
     out: &mut dyn Write,
 ) -> Result<i32, Fatal> {
-    let _exclusive = if repair {
+    let _exclusive = if repair == Repair::Yes {
         Some(spool.exclusive()?)
     } else {
         None
@@ -185,11 +159,11 @@ pub fn run(
         let line = if json {
             format!(
                 "{{\"path\": \"{}\", \"problem\": \"{}\", \"repaired\": {}}}",
-                crate::read::list::json_quote(f.path.as_bytes(), true),
-                crate::read::list::json_quote(f.problem.as_bytes(), true),
+                json_quote(f.path.as_bytes(), true),
+                json_quote(f.problem.as_bytes(), true),
                 f.repaired.as_ref().map_or("null".to_string(), |r| format!(
                     "\"{}\"",
-                    crate::read::list::json_quote(r.as_bytes(), true)
+                    json_quote(r.as_bytes(), true)
                 ))
             )
         } else {

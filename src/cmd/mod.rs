@@ -9,12 +9,17 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
 use crate::error::{EXIT_CONFIG, Fatal};
-use crate::queue::act as commands;
+use crate::queue::act::{Action, ReleaseTo};
 use crate::queue::spool::Spool;
 use crate::read::{cat, list};
 
 pub mod check;
+pub mod check_config;
+pub mod moves;
 pub mod scan;
+pub mod status;
+
+use crate::daemon::logger::LogTo;
 
 /// Options every subcommand takes.
 #[derive(Debug, Args, Clone)]
@@ -211,20 +216,15 @@ fn require_root(what: &str) -> Result<(), Fatal> {
     }
 }
 
-fn run_moves(
-    m: &MoveArgs,
-    action: commands::Action,
-    yes: bool,
-    out: &mut dyn Write,
-) -> Result<i32, Fatal> {
+fn run_moves(m: &MoveArgs, action: Action, yes: bool, out: &mut dyn Write) -> Result<i32, Fatal> {
     require_root(action.name())?;
     let spool = Spool::open(m.common.load()?)?;
-    let opts = commands::RunOpts {
+    let opts = moves::RunOpts {
         dry_run: m.dry_run,
         json: m.json,
         yes,
     };
-    commands::run(&spool, &action, &m.ids, opts, out)
+    moves::run(&spool, &action, &m.ids, opts, out)
 }
 
 #[derive(Debug, Args)]
@@ -292,145 +292,27 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
     let result: Result<i32, Fatal> = match cli.command {
-        Command::Cat(a) => {
-            let opts = cat::Options {
-                body: a.body,
-                envelope: a.envelope,
-                header: a.header,
-                offsets: a.offsets,
-                decimal: a.decimal,
-                raw: a.raw,
-                verbose: a.verbose,
-                start_offset: a.start,
-            };
-            let common = a.common.clone();
-            cat::run(&a.files, a.queue, opts, || common.load(), &mut out).map(|()| 0)
-        }
-        Command::List(a) => a
-            .common
-            .load()
-            .and_then(|cfg| list::run(&cfg, &a.queues, a.json, a.extra, &mut out).map(|_| 0)),
-        Command::Release(a) => (|| {
-            let to = a.to.as_deref().map(|t| match t {
-                "incoming" => commands::ReleaseTo::Incoming,
-                "deferred" => commands::ReleaseTo::Deferred,
-                _ => commands::ReleaseTo::Maildrop,
-            });
-            let old_after = a
-                .old_after
-                .as_deref()
-                .map(|v| duration(v, "--old-after"))
-                .transpose()?;
-            run_moves(
-                &a.moves,
-                commands::Action::Release { to, old_after },
-                false,
-                &mut out,
-            )
-        })(),
-        Command::Hold(a) => run_moves(&a, commands::Action::Hold, false, &mut out),
-        Command::Requeue(a) => run_moves(&a, commands::Action::Requeue, false, &mut out),
+        Command::Cat(a) => cat_cmd(&a, &mut out),
+        Command::List(a) => list_cmd(&a, &mut out),
+        Command::Release(a) => release(&a, &mut out),
+        Command::Hold(a) => run_moves(&a, Action::Hold, false, &mut out),
+        Command::Requeue(a) => run_moves(&a, Action::Requeue, false, &mut out),
         Command::Expire(a) => run_moves(
             &a.moves,
-            commands::Action::Expire { release: a.release },
+            Action::Expire { release: a.release },
             false,
             &mut out,
         ),
-        Command::Delete(a) => run_moves(&a.moves, commands::Action::Delete, a.yes, &mut out),
-        Command::Quarantine(a) => run_moves(&a, commands::Action::Quarantine, false, &mut out),
-        Command::Restore(a) => run_moves(&a, commands::Action::Restore, false, &mut out),
-        Command::Watch(a) => (|| {
-            let interval = duration(&a.scan_interval, "--scan-interval")?;
-            let metrics = a
-                .metrics
-                .as_deref()
-                .map(crate::daemon::metrics::parse_addr)
-                .transpose()?;
-            let cfg = a.common.load()?;
-            crate::daemon::run(
-                cfg,
-                crate::daemon::WatchOpts {
-                    rules: a.rules.clone(),
-                    scan_interval: std::time::Duration::from_secs(interval.max(1)),
-                    workers: a.workers,
-                    syslog: a.syslog,
-                    drop_privileges: !a.no_drop_privileges,
-                    metrics,
-                },
-            )
-        })(),
-        Command::Scan(a) => (|| {
-            let rules = crate::rules::Rules::load(Some(&a.rules))?;
-            let spool = Spool::open(a.common.load()?)?;
-            crate::cmd::scan::run(
-                &spool,
-                rules,
-                &a.ids,
-                &crate::cmd::scan::ScanOpts {
-                    scanner: a.scanner.clone(),
-                    jobs: a.jobs,
-                },
-                &mut out,
-            )
-        })(),
+        Command::Delete(a) => run_moves(&a.moves, Action::Delete, a.yes, &mut out),
+        Command::Quarantine(a) => run_moves(&a, Action::Quarantine, false, &mut out),
+        Command::Restore(a) => run_moves(&a, Action::Restore, false, &mut out),
+        Command::Watch(a) => watch(&a),
+        Command::Scan(a) => scan_cmd(&a, &mut out),
         Command::Status(a) => crate::daemon::metrics::parse_addr(&a.metrics)
-            .and_then(|addr| crate::daemon::metrics::status(addr, &mut out)),
-        Command::CheckConfig(a) => crate::rules::Rules::load(a.rules.as_deref()).and_then(|r| {
-            for (i, rule) in r.rules.iter().enumerate() {
-                let scan = rule
-                    .scanner()
-                    .map(|s| format!(" after scan {}", r.scanners[s].name))
-                    .unwrap_or_default();
-                writeln!(out, "{}. {}: {:?}{scan}", i + 1, rule.name, rule.verdict)
-                    .map_err(|e| Fatal::runtime(format!("write error: {e}")))?;
-            }
-            for sc in &r.scanners {
-                writeln!(
-                    out,
-                    "scanner {}: {}, timeout={}s, concurrency={}, queue={}, max_size={}, on_oversize={}, poison_after={}, retry={}s..{}s",
-                    sc.name,
-                    match &sc.kind {
-                        crate::scan::Kind::Command { argv, user, .. } => format!(
-                            "command {argv:?}{}",
-                            user.as_ref().map(|u| format!(" as {}", u.0)).unwrap_or_default()
-                        ),
-                        crate::scan::Kind::Spamd { address, symbols, .. } => format!(
-                            "spamd {address} {}",
-                            if *symbols { "SYMBOLS" } else { "CHECK" }
-                        ),
-                        crate::scan::Kind::Clamd { address, chunk } =>
-                            format!("clamd {address} chunk={chunk}"),
-                    },
-                    sc.timeout.as_secs(),
-                    sc.concurrency,
-                    sc.queue,
-                    sc.max_size.map_or("none".to_string(), |n| n.to_string()),
-                    if sc.oversize_passes { "pass" } else { "keep" },
-                    sc.poison_after,
-                    sc.retry.as_secs(),
-                    sc.retry_max.as_secs(),
-                )
-                .map_err(|e| Fatal::runtime(format!("write error: {e}")))?;
-            }
-            writeln!(
-                out,
-                "settings: horizon={}s on_bad_date={:?} requeue_after={}",
-                r.horizon,
-                r.on_bad_date,
-                r.requeue_after
-                    .map_or("half the lifetime".to_string(), |s| format!("{s}s"))
-            )
-            .map_err(|e| Fatal::runtime(format!("write error: {e}")))?;
-            Ok(0)
-        }),
-        Command::Check(a) => (|| {
-            let after = duration(&a.not_ready_after, "--not-ready-after")?;
-            if a.repair {
-                require_root("check --repair")?;
-            }
-            let spool = Spool::open(a.common.load()?)?;
-            check::run(&spool, a.repair, after, a.json, &mut out)
-        })(),
+            .and_then(|addr| status::run(addr, &mut out)),
+        Command::CheckConfig(a) => crate::rules::Rules::load(a.rules.as_deref())
+            .and_then(|r| check_config::run(&r, &mut out)),
+        Command::Check(a) => check_cmd(&a, &mut out),
     };
     let flushed = out.flush();
     match result {
@@ -447,4 +329,93 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32
             f.status
         }
     }
+}
+
+/// `posthold cat`.
+fn cat_cmd(a: &CatArgs, out: &mut dyn Write) -> Result<i32, Fatal> {
+    let opts = cat::Options {
+        body: a.body,
+        envelope: a.envelope,
+        header: a.header,
+        offsets: a.offsets,
+        decimal: a.decimal,
+        raw: a.raw,
+        verbose: a.verbose,
+        start_offset: a.start,
+    };
+    let common = a.common.clone();
+    cat::run(&a.files, a.queue, opts, || common.load(), out).map(|()| 0)
+}
+
+/// `posthold list`.
+fn list_cmd(a: &ListArgs, out: &mut dyn Write) -> Result<i32, Fatal> {
+    let cfg = a.common.load()?;
+    list::run(&cfg, &a.queues, a.json, a.extra, out).map(|_| 0)
+}
+
+/// `posthold release`.
+fn release(a: &ReleaseArgs, out: &mut dyn Write) -> Result<i32, Fatal> {
+    let to = a.to.as_deref().map(|t| match t {
+        "incoming" => ReleaseTo::Incoming,
+        "deferred" => ReleaseTo::Deferred,
+        _ => ReleaseTo::Maildrop,
+    });
+    let old_after = a
+        .old_after
+        .as_deref()
+        .map(|v| duration(v, "--old-after"))
+        .transpose()?;
+    run_moves(&a.moves, Action::Release { to, old_after }, false, out)
+}
+
+/// `posthold watch`.
+fn watch(a: &WatchArgs) -> Result<i32, Fatal> {
+    let interval = duration(&a.scan_interval, "--scan-interval")?;
+    let metrics = a
+        .metrics
+        .as_deref()
+        .map(crate::daemon::metrics::parse_addr)
+        .transpose()?;
+    let cfg = a.common.load()?;
+    crate::daemon::run(
+        cfg,
+        crate::daemon::WatchOpts {
+            rules: a.rules.clone(),
+            scan_interval: std::time::Duration::from_secs(interval.max(1)),
+            workers: a.workers,
+            log_to: if a.syslog {
+                LogTo::Syslog
+            } else {
+                LogTo::Stderr
+            },
+            drop_privileges: !a.no_drop_privileges,
+            metrics,
+        },
+    )
+}
+
+/// `posthold scan`.
+fn scan_cmd(a: &ScanArgs, out: &mut dyn Write) -> Result<i32, Fatal> {
+    let rules = crate::rules::Rules::load(Some(&a.rules))?;
+    let spool = Spool::open(a.common.load()?)?;
+    let opts = scan::ScanOpts {
+        scanner: a.scanner.clone(),
+        jobs: a.jobs,
+    };
+    scan::run(&spool, rules, &a.ids, &opts, out)
+}
+
+/// `posthold check`.
+fn check_cmd(a: &CheckArgs, out: &mut dyn Write) -> Result<i32, Fatal> {
+    let after = duration(&a.not_ready_after, "--not-ready-after")?;
+    if a.repair {
+        require_root("check --repair")?;
+    }
+    let spool = Spool::open(a.common.load()?)?;
+    let repair = if a.repair {
+        check::Repair::Yes
+    } else {
+        check::Repair::No
+    };
+    check::run(&spool, repair, after, a.json, out)
 }

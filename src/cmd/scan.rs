@@ -6,12 +6,14 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::moves::read_targets;
 use crate::config::Config;
 use crate::error::Fatal;
 use crate::queue::spool::{Location, Spool};
-use crate::rules::{Eval, Rules};
-
-use crate::scan::{Message, Outcome, sanitize};
+use crate::read::message::{Headers, Message, facts_of};
+use crate::rules::{Judgement, Reason, Rules};
+use crate::scan::{Answer, Failure, sanitize};
+use crate::util::{now, rfc3339};
 
 /// Options of `posthold scan`.
 #[derive(Debug, Clone)]
@@ -24,7 +26,7 @@ pub struct ScanOpts {
 
 fn locations(spool: &Spool, ids: &[String]) -> Result<(Vec<Location>, Vec<String>), Fatal> {
     let mut missing = Vec::new();
-    let locs = match crate::queue::act::read_targets(ids)? {
+    let locs = match read_targets(ids)? {
         None => spool.entries("hold"),
         Some(ids) => ids
             .into_iter()
@@ -41,38 +43,35 @@ fn locations(spool: &Spool, ids: &[String]) -> Result<(Vec<Location>, Vec<String
 }
 
 /// One message through the rules, scanning as they ask: a line of output
-/// and whether every scan it needed succeeded.
+/// and whether every scan it needed succeeded. The decision is the
+/// daemon's own ([`Rules::judge`]), due dates included.
 fn judge(cfg: &Config, rules: &Rules, loc: &Location, stop: &AtomicBool) -> (String, bool) {
-    let Some((_, facts, _, _)) = crate::daemon::facts_of(cfg, loc, u64::MAX / 2) else {
+    let Some((_, facts, _, _)) = facts_of(cfg, loc) else {
         return (format!("{}: not readable or not committed", loc.id), false);
     };
     let path = cfg.queue_directory.join(loc.path());
-    let mut results: Vec<(usize, Outcome)> = Vec::new();
+    let mut results: Vec<(usize, Answer)> = Vec::new();
     let mut said = Vec::new();
     loop {
-        match rules.evaluate(&facts, &results) {
-            Eval::Rule(None) => {
-                said.push("would keep (no rule)".into());
+        match rules.judge(&facts, &results, now()) {
+            Judgement::Ruled(r) => {
+                let what = match r.due {
+                    Some(t) => format!("release at {}", rfc3339(t)),
+                    None => r.verdict.name().to_string(),
+                };
+                let why = match &r.reason {
+                    Reason::NoRule => "no rule".to_string(),
+                    Reason::Rule { rule } => format!("rule {rule}"),
+                    other => other.to_string(),
+                };
+                said.push(format!("would {what} ({why})"));
                 return (format!("{}: {}", loc.id, said.join(", ")), true);
             }
-            Eval::Rule(Some(r)) => {
-                said.push(format!(
-                    "would {} (rule {})",
-                    match &r.verdict {
-                        crate::rules::Verdict::ReleaseAt(h) => format!("release at {h}"),
-                        v => v.name().to_string(),
-                    },
-                    r.name
-                ));
-                return (format!("{}: {}", loc.id, said.join(", ")), true);
-            }
-            Eval::Hold(reason) => {
-                said.push(format!("would keep ({reason})"));
-                return (format!("{}: {}", loc.id, said.join(", ")), true);
-            }
-            Eval::Scan(si) => {
+            Judgement::Scan(si) => {
                 let sc = &rules.scanners[si];
-                let r = Message::open(&path, &loc.id, None, false).and_then(|m| sc.scan(&m, stop));
+                let r = Message::open(&path, &loc.id, None, Headers::Skip)
+                    .map_err(Failure::from)
+                    .and_then(|m| sc.scan(&m, stop));
                 match r {
                     Ok(o) => {
                         said.push(format!("{}: {}", sc.name, o.describe()));
@@ -132,8 +131,10 @@ pub fn run(
                     let line = match only {
                         Some(si) => {
                             let sc = &rules.scanners[si];
-                            let r = Message::open(&qd.join(loc.path()), &loc.id, None, false)
-                                .and_then(|m| sc.scan(&m, &stop));
+                            let r =
+                                Message::open(&qd.join(loc.path()), &loc.id, None, Headers::Skip)
+                                    .map_err(Failure::from)
+                                    .and_then(|m| sc.scan(&m, &stop));
                             match r {
                                 Ok(o) => {
                                     (format!("{}: {}: {}", loc.id, sc.name, o.describe()), true)

@@ -7,13 +7,13 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::scan::Outcome;
+use crate::scan::Answer;
 
 #[derive(Debug, Default)]
 struct Slot {
     id: Box<str>,
     generation: u64,
-    results: Vec<(usize, Outcome)>,
+    results: Vec<(usize, Answer)>,
     busy: bool,
     failures: u32,
     strikes: u32,
@@ -73,7 +73,7 @@ impl Board {
     }
 
     /// Results known for this message.
-    pub fn results(&self, ino: u64, id: &str, generation: u64) -> Vec<(usize, Outcome)> {
+    pub fn results(&self, ino: u64, id: &str, generation: u64) -> Vec<(usize, Answer)> {
         self.with(|m| match m.get(&ino) {
             Some(s) if *s.id == *id && s.generation == generation => s.results.clone(),
             _ => Vec::new(),
@@ -119,7 +119,7 @@ impl Board {
         id: &str,
         generation: u64,
         scanner: usize,
-        o: Outcome,
+        o: Answer,
     ) -> bool {
         self.with(|m| match m.get_mut(&ino) {
             Some(s) if *s.id == *id && s.generation == generation => {
@@ -223,14 +223,14 @@ mod tests {
             }
         );
         assert_eq!(b.claim(7, "A", 1, 31_000), Claim::Go);
-        assert!(b.succeeded(7, "A", 1, 0, Outcome::Virus(None)));
-        assert_eq!(b.results(7, "A", 1), vec![(0, Outcome::Virus(None))]);
+        assert!(b.succeeded(7, "A", 1, 0, Answer::Virus(None)));
+        assert_eq!(b.results(7, "A", 1), vec![(0, Answer::Virus(None))]);
         // Another message on the same inode, or new rules: a fresh start.
         assert!(b.results(7, "B", 1).is_empty());
         assert!(b.results(7, "A", 2).is_empty());
         assert_eq!(b.claim(7, "A", 2, 0), Claim::Go);
         // A result from the old generation is dropped.
-        assert!(!b.succeeded(7, "A", 1, 0, Outcome::Virus(None)));
+        assert!(!b.succeeded(7, "A", 1, 0, Answer::Virus(None)));
         assert!(b.failed(7, "A", 1, true, back, 0).is_none());
         b.unclaim(7, "A", 2, Some(99));
         assert_eq!(b.claim(7, "A", 2, 0), Claim::Wait(99));

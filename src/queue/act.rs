@@ -1,19 +1,19 @@
-//! The postsuper-style commands: release, hold, requeue, expire, delete,
-//! quarantine, restore, and check. Each resolves its targets (queue IDs,
-//! `-` for IDs on stdin, or `ALL`), passes every file through the gate
-//! ([`crate::queue::spool::Spool::admit`]) and changes it only through the mover
-//! ([`crate::queue::relocate`]). Output: one line per message that begins with the
-//! queue ID, then a summary; `--json` prints one object per message.
-//! Exit status: 0 all done, 1 some skipped, 2 usage or configuration.
+//! The one path to the mover: every change posthold makes to the queue,
+//! from a command run by hand or from the daemon, is an [`Action`] applied
+//! by [`act`] (gate, then mover) or one of the repairs below. Nothing
+//! outside the queue layer can reach the mover.
+//!
+//! Outcomes are typed ([`Status`]): done, skipped (the gate or the queue
+//! refused; nothing changed) or failed (a move went wrong; the error says
+//! where the file is now).
 
-use std::collections::BTreeSet;
-use std::io::{BufRead, IsTerminal, Write};
+use std::fmt;
 
-use crate::error::Fatal;
-use crate::queue::relocate::{self, Times};
-use crate::queue::spool::{Admitted, Location, QUARANTINE, SEARCH_ORDER, Spool};
-use crate::queue::trigger;
-use crate::read::list::json_quote;
+use super::gate::{Admitted, Gate, Refusal};
+use super::relocate::{self, MoveError, Times};
+use super::spool::{Location, QUARANTINE, Spool};
+use super::trigger;
+use crate::util::now;
 
 /// Where `release` sends mail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +81,7 @@ impl Action {
     /// Queues this action takes messages from. Never active (a delivery
     /// may be in progress) and never maildrop (not yet through cleanup).
     pub fn sources(&self) -> &'static [&'static str] {
+        // S7: never active, never maildrop.
         match self {
             Action::Release { .. } => &["hold"],
             Action::Hold => &["incoming", "deferred"],
@@ -93,65 +94,105 @@ impl Action {
     }
 }
 
-/// Options shared by the commands.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RunOpts {
-    /// Check and report, change nothing.
-    pub dry_run: bool,
-    /// One JSON object per message.
-    pub json: bool,
-    /// Confirms `delete ALL`.
-    pub yes: bool,
+/// Whether to change anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Run {
+    /// Check and act.
+    Do,
+    /// Check and report what would be done; change nothing.
+    DryRun,
 }
 
-/// The result for one message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What became of one message.
+#[derive(Debug)]
 pub struct Outcome {
     /// Queue ID as given or found.
     pub id: String,
-    /// Whether the action was done (or would be, with --dry-run).
-    pub done: bool,
     /// Queue it was found in.
     pub from: Option<String>,
-    /// Queue it went to.
+    /// Queue it went to (or would go to).
     pub to: Option<String>,
-    /// What happened, or why not.
-    pub what: String,
+    /// Done, skipped or failed.
+    pub status: Status,
 }
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+/// Done, skipped or failed; its `Display` is the command's result text.
+#[derive(Debug)]
+pub enum Status {
+    /// Done (or would be, in a dry run): what was done.
+    Done(String),
+    /// Not done, nothing changed: why.
+    Skipped(Skip),
+    /// Something went wrong part way: the error says where the file is.
+    Failed(Failure),
 }
 
-/// Reads the target list: `ALL`, `-` (IDs on stdin, one per line or
-/// separated by blanks), or IDs. `None` means ALL.
-pub fn read_targets(args: &[String]) -> Result<Option<Vec<String>>, Fatal> {
-    if args.is_empty() {
-        return Err(Fatal::config(
-            "no queue IDs given (use IDs, - for stdin, or ALL)",
-        ));
+/// Why a message was skipped. Nothing was changed.
+#[derive(Debug)]
+pub enum Skip {
+    /// Found in a queue the action does not take messages from.
+    WrongQueue {
+        /// Where it is.
+        queue: String,
+        /// Where the action takes messages from.
+        sources: &'static [&'static str],
+    },
+    /// The gate refused it (or it is not there).
+    Refused(Refusal),
+}
+
+/// A change that failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// The move (or mode change, or delete) failed.
+    Move(MoveError),
+    /// expire --release: marked for return to sender, then not moved.
+    MarkedNotMoved(MoveError),
+}
+
+impl Outcome {
+    /// Whether it was done (or would be, in a dry run).
+    pub fn done(&self) -> bool {
+        matches!(self.status, Status::Done(_))
     }
-    if args.iter().any(|a| a == "ALL") {
-        if args.len() > 1 {
-            return Err(Fatal::config("ALL cannot be combined with queue IDs"));
+
+    /// Whether the message was not there (gone meanwhile, or never was).
+    pub fn not_found(&self) -> bool {
+        matches!(
+            self.status,
+            Status::Skipped(Skip::Refused(Refusal::NotFound))
+        )
+    }
+
+    /// An outcome for an ID that was not found or is not legal.
+    pub fn missing(id: &str) -> Outcome {
+        Outcome {
+            id: id.to_string(),
+            from: None,
+            to: None,
+            status: Status::Skipped(Skip::Refused(if queue_format::queue_id::is_legal(id) {
+                Refusal::NotFound
+            } else {
+                Refusal::IllegalName
+            })),
         }
-        return Ok(None);
     }
-    let mut ids = Vec::new();
-    for a in args {
-        if a == "-" {
-            for line in std::io::stdin().lock().lines() {
-                let line = line.map_err(|e| Fatal::config(format!("stdin: {e}")))?;
-                ids.extend(line.split_whitespace().map(str::to_string));
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Status::Done(what) => f.write_str(what),
+            Status::Skipped(Skip::WrongQueue { queue, sources }) => {
+                write!(f, "skipped: in {queue}, not in {}", sources.join(" or "))
             }
-        } else {
-            ids.push(a.clone());
+            Status::Skipped(Skip::Refused(r)) => write!(f, "skipped: {r}"),
+            Status::Failed(Failure::Move(e)) => write!(f, "skipped: {e}"),
+            Status::Failed(Failure::MarkedNotMoved(e)) => {
+                write!(f, "marked for return to sender, not moved: {e}")
+            }
         }
     }
-    Ok(Some(ids))
 }
 
 /// Which Postfix services to wake after a batch of moves.
@@ -179,6 +220,16 @@ impl Triggers {
         }
         *self = Triggers::default();
     }
+
+    /// Notes that a message was moved into `queue`.
+    pub fn moved_to(&mut self, queue: &str) {
+        match queue {
+            "incoming" => self.qmgr_incoming = true,
+            "deferred" => self.qmgr_deferred = true,
+            "maildrop" => self.pickup = true,
+            _ => {}
+        }
+    }
 }
 
 /// The smallest age threshold for requeueing through maildrop, whatever
@@ -188,6 +239,7 @@ pub const REQUEUE_FLOOR: i64 = 2;
 /// Whether a message is itself a copy made by requeueing (pickup keeps the
 /// arrival time and gives a fresh create_time): such a message is never
 /// requeued again, so mail loops through maildrop at most once.
+// S11: mail goes through maildrop at most once.
 pub fn is_requeued_copy(env: &queue_format::queue_file::Envelope) -> bool {
     match (env.create_time, env.arrival) {
         (Some(c), Some((t, _))) => c > t.saturating_add(1),
@@ -214,10 +266,7 @@ fn release_target(
     let threshold = i64::try_from(old_after.unwrap_or(lifetime / 2))
         .unwrap_or(i64::MAX)
         .max(REQUEUE_FLOOR);
-    let age = adm
-        .env
-        .expiry_base()
-        .map_or(0, |t| now_secs().saturating_sub(t));
+    let age = adm.env.expiry_base().map_or(0, |t| now().saturating_sub(t));
     // A copy that already went through maildrop goes to incoming: at most
     // one loop, whatever the thresholds.
     if age >= threshold && !is_requeued_copy(&adm.env) {
@@ -237,244 +286,121 @@ pub fn act(
     spool: &Spool,
     action: &Action,
     loc: &Location,
-    opts: RunOpts,
+    run: Run,
     trig: &mut Triggers,
 ) -> Outcome {
     let mut out = Outcome {
         id: loc.id.clone(),
-        done: false,
         from: Some(loc.queue.clone()),
         to: None,
-        what: String::new(),
+        status: Status::Done(String::new()),
     };
+    let dry = run == Run::DryRun;
     if !action.sources().contains(&loc.queue.as_str()) {
-        out.what = format!(
-            "skipped: in {}, not in {}",
-            loc.queue,
-            action.sources().join(" or ")
-        );
+        out.status = Status::Skipped(Skip::WrongQueue {
+            queue: loc.queue.clone(),
+            sources: action.sources(),
+        });
         return out;
     }
+    // S5, S6: the gate first; only then the mover.
     let adm = match spool.admit(loc) {
         Ok(a) => a,
         Err(r) => {
-            out.what = format!("skipped: {r}");
+            out.status = Status::Skipped(Skip::Refused(r));
             return out;
         }
     };
-    let verb = if opts.dry_run { "would be " } else { "" };
-    let (dest, times, note): (Option<&str>, Times, String) = match action {
+    let verb = if dry { "would be " } else { "" };
+    let (dest, times, note): (&str, Times, String) = match action {
         Action::Release { to, old_after } => {
             let (t, note) = release_target(spool, &adm, *to, *old_after);
             let times = match t {
                 ReleaseTo::Deferred => Times::NotInFuture,
                 _ => Times::Now,
             };
-            (Some(t.queue()), times, note)
+            (t.queue(), times, note)
         }
-        Action::Hold => (Some("hold"), Times::Keep, String::new()),
-        Action::Requeue => (Some("maildrop"), Times::Now, String::new()),
-        Action::Quarantine => (Some(QUARANTINE), Times::Keep, String::new()),
-        Action::Restore => (Some("hold"), Times::Keep, String::new()),
+        Action::Hold => ("hold", Times::Keep, String::new()),
+        Action::Requeue => ("maildrop", Times::Now, String::new()),
+        Action::Quarantine => (QUARANTINE, Times::Keep, String::new()),
+        Action::Restore => ("hold", Times::Keep, String::new()),
         Action::Expire { release } => {
-            if !opts.dry_run
-                && let Err(e) = relocate::add_expire_bit(&adm)
-            {
-                out.what = format!("skipped: {e}");
+            if !dry && let Err(e) = relocate::add_expire_bit(&adm) {
+                out.status = Status::Failed(Failure::Move(e));
                 return out;
             }
-            if *release {
-                (Some("deferred"), Times::NotInFuture, String::new())
-            } else {
-                out.done = true;
-                out.what = format!("{verb}marked for return to sender");
+            if !*release {
+                out.status = Status::Done(format!("{verb}marked for return to sender"));
                 return out;
             }
+            ("deferred", Times::NotInFuture, String::new())
         }
         Action::Delete => {
-            if opts.dry_run {
-                out.done = true;
-                out.what = "would be deleted".into();
-                return out;
-            }
-            match relocate::delete(spool, adm) {
-                Ok(()) => {
-                    out.done = true;
-                    out.what = "deleted".into();
+            out.status = if dry {
+                Status::Done("would be deleted".into())
+            } else {
+                match relocate::delete(spool, adm) {
+                    Ok(()) => Status::Done("deleted".into()),
+                    Err(e) => Status::Failed(Failure::Move(e)),
                 }
-                Err(e) => out.what = format!("skipped: {e}"),
-            }
+            };
             return out;
         }
     };
-    let dest = dest.expect("BUG: every remaining action moves");
     out.to = Some(dest.to_string());
-    if opts.dry_run {
-        out.done = true;
-        out.what = format!("would be moved to {dest}{note}");
+    if dry {
+        out.status = Status::Done(format!("would be moved to {dest}{note}"));
         return out;
     }
-    match relocate::move_to(spool, adm, dest, times) {
+    out.status = match relocate::move_to(spool, adm, dest, times) {
         Ok(_) => {
-            out.done = true;
-            out.what = format!("moved to {dest}{note}");
-            match dest {
-                "incoming" => trig.qmgr_incoming = true,
-                "deferred" => trig.qmgr_deferred = true,
-                "maildrop" => trig.pickup = true,
-                _ => {}
-            }
+            trig.moved_to(dest);
+            Status::Done(format!("moved to {dest}{note}"))
         }
-        Err(e) => {
-            out.what = if matches!(action, Action::Expire { release: true }) {
-                format!("marked for return to sender, not moved: {e}")
-            } else {
-                format!("skipped: {e}")
-            }
+        Err(e) if matches!(action, Action::Expire { release: true }) => {
+            Status::Failed(Failure::MarkedNotMoved(e))
         }
-    }
+        Err(e) => Status::Failed(Failure::Move(e)),
+    };
     out
 }
 
-fn print(out: &mut dyn Write, o: &Outcome, action: &str, json: bool) -> std::io::Result<()> {
-    if json {
-        let opt = |v: &Option<String>| match v {
-            Some(s) => format!("\"{}\"", json_quote(s.as_bytes(), true)),
-            None => "null".into(),
-        };
-        writeln!(
-            out,
-            "{{\"queue_id\": \"{}\", \"action\": \"{action}\", \"done\": {}, \"from\": {}, \"to\": {}, \"result\": \"{}\"}}",
-            json_quote(o.id.as_bytes(), true),
-            o.done,
-            opt(&o.from),
-            opt(&o.to),
-            json_quote(o.what.as_bytes(), true)
-        )
-    } else {
-        // The ID comes first, as in Postfix's logs; unprintable bytes of a
-        // hostile argument are shown as '?'.
-        let id = String::from_utf8_lossy(&crate::read::list::printable(o.id.as_bytes(), true))
-            .into_owned();
-        writeln!(out, "{id}: {}", o.what)
-    }
+/// `check --repair` for a file whose name does not match its inode: the
+/// gate (all but the name check), then the rename to the ID its inode
+/// gives, logs first, as `postsuper -s` does. Returns the new location or
+/// what stopped it.
+pub fn repair_name(spool: &Spool, loc: &Location) -> Result<Location, String> {
+    let adm = spool
+        .gate(loc, Gate::RenameToInode)
+        .map_err(|r| r.to_string())?;
+    // The new ID from the inode of the file actually admitted, not the one
+    // seen by an earlier lstat.
+    let new_id = id_for_inode(&loc.id, adm.st.st_ino).ok_or("no ID for this name form")?;
+    relocate::rename_id(spool, adm, &new_id).map_err(|e| e.to_string())
 }
 
-/// Runs a command over its targets; returns the exit status.
-pub fn run(
-    spool: &Spool,
-    action: &Action,
-    args: &[String],
-    opts: RunOpts,
-    out: &mut dyn Write,
-) -> Result<i32, Fatal> {
-    let targets = read_targets(args)?;
-    if targets.is_none() && *action == Action::Delete && !opts.yes && !opts.dry_run {
-        return Err(Fatal::config(
-            "delete ALL deletes every message in hold, incoming, deferred and quarantine: add --yes",
-        ));
-    }
-    let locs: Vec<Result<Location, String>> = match targets {
-        None => action
-            .sources()
-            .iter()
-            .flat_map(|q| spool.entries(q))
-            .map(Ok)
-            .collect(),
-        Some(ids) => {
-            let mut seen = BTreeSet::new();
-            ids.into_iter()
-                .filter(|id| seen.insert(id.clone()))
-                .map(|id| {
-                    if !queue_format::queue_id::is_legal(&id) {
-                        return Err(id);
-                    }
-                    spool.locate(&id, SEARCH_ORDER).ok_or(id)
-                })
-                .collect()
-        }
-    };
-    let total = locs.len();
-    let mut write_error: Option<std::io::Error> = None;
-    // One posthold at a time changes the queue (the daemon waits meanwhile).
-    // While the lock is held, output to a pipe is kept in memory: a reader
-    // that stops reading (a pager) must not hold the daemon up.
-    let mut held_output: Option<Vec<u8>> = (!std::io::stdout().is_terminal()).then(Vec::new);
-    let exclusive = if opts.dry_run {
-        None
-    } else {
-        Some(spool.exclusive()?)
-    };
-    let progress = std::io::stderr().is_terminal() && total >= 1000;
-    let mut trig = Triggers::default();
-    let (mut done, mut skipped) = (0usize, 0usize);
-    let werr = |e: std::io::Error| Fatal::runtime(format!("write error: {e}"));
-    for (i, l) in locs.iter().enumerate() {
-        let o = match l {
-            Ok(loc) => act(spool, action, loc, opts, &mut trig),
-            Err(id) => Outcome {
-                id: id.clone(),
-                done: false,
-                from: None,
-                to: None,
-                what: if queue_format::queue_id::is_legal(id) {
-                    "skipped: no such message".into()
-                } else {
-                    "skipped: not a legal queue ID".into()
-                },
-            },
-        };
-        if o.done {
-            done += 1;
-        } else {
-            skipped += 1;
-        }
-        // A broken output (`release ALL | head`) must not stop the work
-        // half way: the moved mail still needs its wake-up and fsync.
-        let target: &mut dyn Write = match held_output.as_mut() {
-            Some(b) => b,
-            None => &mut *out,
-        };
-        if write_error.is_none()
-            && let Err(e) = print(target, &o, action.name(), opts.json)
-        {
-            write_error = Some(e);
-        }
-        if progress && (i + 1) % 1000 == 0 {
-            eprint!("\rposthold: {}: {}/{total}", action.name(), i + 1);
-        }
-    }
-    if progress {
-        eprintln!();
-    }
-    if let Err(e) = spool.sync_dirs() {
-        eprintln!("posthold: warning: fsync of queue directories: {e}");
-    }
-    // One wake-up per service, after all moves (Postfix ignores failures).
-    trig.send(&spool.cfg);
-    drop(exclusive);
-    if let Some(b) = held_output.take()
-        && write_error.is_none()
-        && let Err(e) = out.write_all(&b)
-    {
-        write_error = Some(e);
-    }
-    let summary = format!(
-        "{}{}: {done} done, {skipped} skipped",
-        action.name(),
-        if opts.dry_run { " (dry run)" } else { "" }
-    );
-    if let Some(e) = write_error {
-        eprintln!("posthold: {summary}");
-        return Err(werr(e));
-    }
-    if opts.json {
-        eprintln!("posthold: {summary}");
-    } else {
-        writeln!(out, "{summary}").map_err(werr)?;
-    }
-    out.flush().map_err(werr)?;
-    Ok(if skipped > 0 { 1 } else { 0 })
+/// `check --repair` for a file in the wrong hash directory: the gate, then
+/// a move to where it belongs in the same queue.
+pub fn repair_hash_dir(spool: &Spool, loc: &Location) -> Result<Location, String> {
+    let adm = spool.admit(loc).map_err(|r| r.to_string())?;
+    relocate::move_to(spool, adm, &loc.queue, Times::Keep).map_err(|e| e.to_string())
+}
+
+/// Creates posthold's quarantine directory (0700, mail_owner) if missing.
+pub fn ensure_quarantine(spool: &Spool) -> Result<(), MoveError> {
+    relocate::ensure_quarantine(spool)
+}
+
+/// The ID a file's inode gives, in the form of its current name (S3: the
+/// only ID posthold ever gives a file).
+pub fn id_for_inode(id: &str, inode: u64) -> Option<String> {
+    use queue_format::queue_id::{self, Form};
+    let d = queue_id::decode(id).ok()?;
+    Some(match d.form {
+        Form::Short => queue_id::encode_short(d.micros, inode),
+        Form::Long => queue_id::encode_long(d.seconds?, d.micros, inode),
+    })
 }
 
 #[cfg(test)]

@@ -4,14 +4,16 @@
 //!
 //! A move is one `renameat2(RENAME_NOREPLACE)` between directory handles,
 //! keeping the file's name and so its inode-derived queue ID. Each step
-//! below names the race it closes. On failure the error says what state the
-//! file is in (always: unchanged, where it was), and hands the location back.
+//! below names the race it closes. On failure the error ([`MoveError`]) says
+//! where the file is now and what had already changed ([`FileState`]).
 //!
 //! Crash safety: the only change that matters is the rename, which is
 //! atomic; an mtime or mode change before it is harmless where the file is,
 //! and a crash after it leaves the file complete in its new queue. See
 //! SAFETY.md for the case analysis.
 
+// S1: the one module of the library and binary allowed the calls that
+// change queue files (clippy.toml); it is private to the queue layer.
 #![allow(clippy::disallowed_methods)]
 
 use std::fmt;
@@ -24,48 +26,108 @@ use nix::sys::stat::{Mode, fchmod, fstatat, futimens, mkdirat};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fsync, unlinkat};
 
-use crate::queue::spool::{Admitted, Location, Spool};
+use super::gate::Admitted;
+use super::spool::{Location, Spool};
 
-/// What went wrong in a move. The file is unchanged and where it was.
+/// What went wrong in a move, where the file is now and what had already
+/// changed (the tempfile pattern: the caller never has to guess).
 #[derive(Debug)]
+pub struct MoveError {
+    kind: MoveErrorKind,
+    at: Location,
+    state: FileState,
+}
+
+/// Why a move failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum MoveError {
+pub enum MoveErrorKind {
     /// S4: a file with that name exists in the target; nothing overwritten.
-    Exists(Location),
+    Exists,
     /// S2: the target is on another file system; nothing copied.
-    CrossDevice(Location),
+    CrossDevice,
     /// S4: the kernel or file system lacks RENAME_NOREPLACE; refused.
-    NoReplaceUnsupported(Location),
+    NoReplaceUnsupported,
     /// S5: the file changed name or inode since the gate; someone else
     /// (postsuper, qmgr) got there first.
-    Raced(Location),
+    Raced,
     /// Another system error, with the step that failed.
-    Io(Location, String),
+    Io(String),
+}
+
+/// What a failed move had already done to the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FileState {
+    /// Nothing: the file is unchanged and where it was.
+    Unchanged,
+    /// Where it was, with its mode changed (the expire bit).
+    ModeSet,
+    /// Where it was, under its old name, but its defer, bounce and trace
+    /// logs already carry the new ID (`check --repair`).
+    LogsRenamed,
+    /// Moved aside into quarantine, out of Postfix's sight (`delete`).
+    MovedAside,
+    /// Renamed into its target queue.
+    Moved,
 }
 
 impl MoveError {
-    /// Where the file still is.
-    pub fn location(&self) -> &Location {
-        match self {
-            MoveError::Exists(l)
-            | MoveError::CrossDevice(l)
-            | MoveError::NoReplaceUnsupported(l)
-            | MoveError::Raced(l)
-            | MoveError::Io(l, _) => l,
+    fn new(kind: MoveErrorKind, at: &Location) -> MoveError {
+        MoveError {
+            kind,
+            at: at.clone(),
+            state: FileState::Unchanged,
         }
+    }
+
+    fn io(at: &Location, what: String) -> MoveError {
+        MoveError::new(MoveErrorKind::Io(what), at)
+    }
+
+    fn with_state(mut self, state: FileState) -> MoveError {
+        self.state = state;
+        self
+    }
+
+    /// Why it failed.
+    pub fn kind(&self) -> &MoveErrorKind {
+        &self.kind
+    }
+
+    /// Where the file is now.
+    pub fn location(&self) -> &Location {
+        &self.at
+    }
+
+    /// What had already changed.
+    pub fn state(&self) -> FileState {
+        self.state
     }
 }
 
 impl fmt::Display for MoveError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            MoveError::Exists(_) => write!(f, "target exists: not overwritten"),
-            MoveError::CrossDevice(_) => write!(f, "target on another file system: not copied"),
-            MoveError::NoReplaceUnsupported(_) => {
-                write!(f, "RENAME_NOREPLACE not supported here: refused")
+        match &self.kind {
+            MoveErrorKind::Exists => write!(f, "target exists: not overwritten")?,
+            MoveErrorKind::CrossDevice => write!(f, "target on another file system: not copied")?,
+            MoveErrorKind::NoReplaceUnsupported => {
+                write!(f, "RENAME_NOREPLACE not supported here: refused")?
             }
-            MoveError::Raced(_) => write!(f, "changed by another process meanwhile: left alone"),
-            MoveError::Io(_, e) => write!(f, "{e}"),
+            MoveErrorKind::Raced => write!(f, "changed by another process meanwhile: left alone")?,
+            MoveErrorKind::Io(e) => write!(f, "{e}")?,
+        }
+        match self.state {
+            FileState::Unchanged => Ok(()),
+            FileState::ModeSet => write!(f, " (mode changed, still in {})", self.at.dir),
+            FileState::LogsRenamed => write!(
+                f,
+                " (its logs already carry the new ID; the message is still {})",
+                self.at.path()
+            ),
+            FileState::MovedAside | FileState::Moved => {
+                write!(f, " (the message is now {})", self.at.path())
+            }
         }
     }
 }
@@ -82,13 +144,6 @@ pub enum Times {
     NotInFuture,
 }
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// Opens (creating when missing) the target directory `rel` for a move.
 /// A missing hash directory is made under a temporary name, given mode
 /// 0700 and mail_owner, fsync'ed, and only then renamed into place (without
@@ -98,7 +153,7 @@ fn target_dir(spool: &Spool, rel: &str, loc: &Location) -> Result<Rc<OwnedFd>, M
     if let Ok(d) = spool.dir_cached(rel) {
         return Ok(d);
     }
-    let io = |what: String| MoveError::Io(loc.clone(), what);
+    let io = |what: String| MoveError::io(loc, what);
     let mut path = String::new();
     for part in rel.split('/') {
         let parent = path.clone();
@@ -161,7 +216,7 @@ fn target_dir(spool: &Spool, rel: &str, loc: &Location) -> Result<Rc<OwnedFd>, M
     }
     spool
         .dir_cached(rel)
-        .map_err(|e| MoveError::Io(loc.clone(), format!("open {rel}: {e}")))
+        .map_err(|e| MoveError::io(loc, format!("open {rel}: {e}")))
 }
 
 /// Creates posthold's quarantine directory (0700, mail_owner) if missing.
@@ -193,11 +248,11 @@ pub fn move_to(
     // 1. Directory handles: source and target (created 0700 mail_owner).
     let src = spool
         .dir_cached(&loc.dir)
-        .map_err(|e| MoveError::Io(loc.clone(), format!("open {}: {e}", loc.dir)))?;
+        .map_err(|e| MoveError::io(&loc, format!("open {}: {e}", loc.dir)))?;
     let dst = target_dir(spool, &to.dir, &loc)?;
     // S2: one file system. Checked here as well as by the kernel (EXDEV).
     if spool.dir_device(&to.dir) != Some(adm.st.st_dev) {
-        return Err(MoveError::CrossDevice(loc));
+        return Err(MoveError::new(MoveErrorKind::CrossDevice, &loc));
     }
     // 2. Times first, on the open file: if we crash before the rename the
     //    file sits where it was with a new mtime, which no queue minds; so
@@ -205,20 +260,20 @@ pub fn move_to(
     let set_now = match times {
         Times::Keep => false,
         Times::Now => true,
-        Times::NotInFuture => adm.st.st_mtime > now_secs(),
+        Times::NotInFuture => adm.st.st_mtime > crate::util::now(),
     };
     if set_now {
         let now = TimeSpec::UTIME_NOW;
         futimens(adm.file.as_fd(), &now, &now)
-            .map_err(|e| MoveError::Io(loc.clone(), format!("utime: {e}")))?;
+            .map_err(|e| MoveError::io(&loc, format!("utime: {e}")))?;
     }
-    // 3. S5: the name still refers to the file we admitted (postsuper or
+    // 3. S5, Assumption A2: the name still refers to the file we admitted (postsuper or
     //    qmgr may have renamed or replaced it since the gate).
     match fstatat(&*src, id, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(s) if s.st_dev == adm.st.st_dev && s.st_ino == adm.st.st_ino => {}
-        _ => return Err(MoveError::Raced(loc)),
+        _ => return Err(MoveError::new(MoveErrorKind::Raced, &loc)),
     }
-    // 4. Release posthold's flock before the file becomes visible in its
+    // 4. S6: release posthold's flock before the file becomes visible in its
     //    new queue: a qmgr scanning incoming or deferred that met our lock
     //    would log "skipped, still being delivered" and push the file's
     //    mtime 60 s into the future. Another posthold process that admits
@@ -228,11 +283,14 @@ pub fn move_to(
     // 5. S3/S4: the rename itself, never overwriting.
     match renameat2(&*src, id, &*dst, id, RenameFlags::RENAME_NOREPLACE) {
         Ok(()) => {}
-        Err(Errno::EEXIST) => return Err(MoveError::Exists(loc)),
-        Err(Errno::EXDEV) => return Err(MoveError::CrossDevice(loc)),
-        Err(Errno::EINVAL | Errno::ENOSYS) => return Err(MoveError::NoReplaceUnsupported(loc)),
-        Err(Errno::ENOENT) => return Err(MoveError::Raced(loc)),
-        Err(e) => return Err(MoveError::Io(loc, format!("rename: {e}"))),
+        Err(Errno::EEXIST) => return Err(MoveError::new(MoveErrorKind::Exists, &loc)),
+        Err(Errno::EXDEV) => return Err(MoveError::new(MoveErrorKind::CrossDevice, &loc)),
+        // Assumption A5: no RENAME_NOREPLACE here means refusal (S4).
+        Err(Errno::EINVAL | Errno::ENOSYS) => {
+            return Err(MoveError::new(MoveErrorKind::NoReplaceUnsupported, &loc));
+        }
+        Err(Errno::ENOENT) => return Err(MoveError::new(MoveErrorKind::Raced, &loc)),
+        Err(e) => return Err(MoveError::io(&loc, format!("rename: {e}"))),
     }
     // 6. Record the change first: whatever the check below says, the
     //    rename happened and both directories need their fsync.
@@ -243,10 +301,11 @@ pub fn move_to(
     //    milliseconds. Only a different file there would be an anomaly.
     match fstatat(&*dst, id, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(s) if s.st_dev != adm.st.st_dev || s.st_ino != adm.st.st_ino => {
-            return Err(MoveError::Io(
-                to,
+            return Err(MoveError::io(
+                &to,
                 "BUG: another file at the target after the rename".to_string(),
-            ));
+            )
+            .with_state(FileState::Moved));
         }
         _ => {}
     }
@@ -265,8 +324,8 @@ pub fn rename_id(spool: &Spool, adm: Admitted, new_id: &str) -> Result<Location,
     if !queue_format::queue_id::is_legal(new_id)
         || !queue_format::queue_id::matches_inode(new_id, adm.st.st_ino)
     {
-        return Err(MoveError::Io(
-            loc,
+        return Err(MoveError::io(
+            &loc,
             format!("new ID {new_id} does not match inode {}", adm.st.st_ino),
         ));
     }
@@ -274,8 +333,10 @@ pub fn rename_id(spool: &Spool, adm: Admitted, new_id: &str) -> Result<Location,
     if let Ok(d) = spool.dir(&spool.queue_dir(&loc.queue, new_id))
         && fstatat(&d, new_id, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
     {
-        return Err(MoveError::Exists(loc));
+        return Err(MoveError::new(MoveErrorKind::Exists, &loc));
     }
+    // Once a log carries the new ID, every error says so.
+    let mut state = FileState::Unchanged;
     for log in ["defer", "bounce", "trace"] {
         let from = spool.queue_dir(log, &loc.id);
         let to = spool.queue_dir(log, new_id);
@@ -283,7 +344,7 @@ pub fn rename_id(spool: &Spool, adm: Admitted, new_id: &str) -> Result<Location,
         if fstatat(&fd, loc.id.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW).is_err() {
             continue;
         }
-        let td = target_dir(spool, &to, &loc)?;
+        let td = target_dir(spool, &to, &loc).map_err(|e| e.with_state(state))?;
         match renameat2(
             &fd,
             loc.id.as_str(),
@@ -291,21 +352,26 @@ pub fn rename_id(spool: &Spool, adm: Admitted, new_id: &str) -> Result<Location,
             new_id,
             RenameFlags::RENAME_NOREPLACE,
         ) {
-            Ok(()) | Err(Errno::ENOENT) => {}
-            Err(Errno::EEXIST) => return Err(MoveError::Exists(loc)),
-            Err(e) => return Err(MoveError::Io(loc, format!("rename {log} log: {e}"))),
+            Ok(()) => state = FileState::LogsRenamed,
+            Err(Errno::ENOENT) => {}
+            Err(Errno::EEXIST) => {
+                return Err(MoveError::new(MoveErrorKind::Exists, &loc).with_state(state));
+            }
+            Err(e) => {
+                return Err(MoveError::io(&loc, format!("rename {log} log: {e}")).with_state(state));
+            }
         }
         let _ = fsync(&*td);
         let _ = fsync(&fd);
     }
     let src = spool
         .dir(&loc.dir)
-        .map_err(|e| MoveError::Io(loc.clone(), format!("open {}: {e}", loc.dir)))?;
+        .map_err(|e| MoveError::io(&loc, format!("open {}: {e}", loc.dir)).with_state(state))?;
     let to_dir = spool.queue_dir(&loc.queue, new_id);
-    let dst = target_dir(spool, &to_dir, &loc)?;
+    let dst = target_dir(spool, &to_dir, &loc).map_err(|e| e.with_state(state))?;
     match fstatat(&src, loc.id.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(s) if s.st_dev == adm.st.st_dev && s.st_ino == adm.st.st_ino => {}
-        _ => return Err(MoveError::Raced(loc)),
+        _ => return Err(MoveError::new(MoveErrorKind::Raced, &loc).with_state(state)),
     }
     match renameat2(
         &src,
@@ -315,10 +381,16 @@ pub fn rename_id(spool: &Spool, adm: Admitted, new_id: &str) -> Result<Location,
         RenameFlags::RENAME_NOREPLACE,
     ) {
         Ok(()) => {}
-        Err(Errno::EEXIST) => return Err(MoveError::Exists(loc)),
-        Err(Errno::EXDEV) => return Err(MoveError::CrossDevice(loc)),
-        Err(Errno::EINVAL | Errno::ENOSYS) => return Err(MoveError::NoReplaceUnsupported(loc)),
-        Err(e) => return Err(MoveError::Io(loc, format!("rename: {e}"))),
+        Err(Errno::EEXIST) => {
+            return Err(MoveError::new(MoveErrorKind::Exists, &loc).with_state(state));
+        }
+        Err(Errno::EXDEV) => {
+            return Err(MoveError::new(MoveErrorKind::CrossDevice, &loc).with_state(state));
+        }
+        Err(Errno::EINVAL | Errno::ENOSYS) => {
+            return Err(MoveError::new(MoveErrorKind::NoReplaceUnsupported, &loc).with_state(state));
+        }
+        Err(e) => return Err(MoveError::io(&loc, format!("rename: {e}")).with_state(state)),
     }
     let _ = fsync(&*dst);
     let _ = fsync(&src);
@@ -336,29 +408,33 @@ pub fn add_expire_bit(adm: &Admitted) -> Result<(), MoveError> {
     // The mode now, not at admission: qmgr or flush may have changed the
     // 0040 bit meanwhile, and it must be kept.
     let now_mode = nix::sys::stat::fstat(adm.file.as_fd())
-        .map_err(|e| MoveError::Io(adm.loc.clone(), format!("fstat: {e}")))?
+        .map_err(|e| MoveError::io(&adm.loc, format!("fstat: {e}")))?
         .st_mode;
     let mode = (now_mode & 0o7777) | 0o010;
     fchmod(adm.file.as_fd(), Mode::from_bits_truncate(mode))
-        .map_err(|e| MoveError::Io(adm.loc.clone(), format!("chmod: {e}")))?;
+        .map_err(|e| MoveError::io(&adm.loc, format!("chmod: {e}")))?;
     adm.file
         .sync_all()
-        .map_err(|e| MoveError::Io(adm.loc.clone(), format!("fsync: {e}")))
+        .map_err(|e| MoveError::io(&adm.loc, format!("fsync: {e}")).with_state(FileState::ModeSet))
 }
 
 /// Deletes an admitted message: its defer, bounce and trace logs first,
 /// then the queue file (as postsuper -d). The one irreversible action.
 pub fn delete(spool: &Spool, adm: Admitted) -> Result<(), MoveError> {
     let (dev, ino) = (adm.st.st_dev, adm.st.st_ino);
+    // S10: only delete unlinks, and only in this order.
     // 1. Take the message out of Postfix's sight first, by the usual
     //    rename: if qmgr took it meanwhile (deferred -> active) this fails
     //    and nothing, not even its logs, is touched. A crash after this
     //    leaves it in quarantine, where `restore` brings it back.
-    let aside = if adm.loc.queue == crate::queue::spool::QUARANTINE {
+    let (aside, state) = if adm.loc.queue == crate::queue::spool::QUARANTINE {
         drop(adm.file);
-        adm.loc
+        (adm.loc, FileState::Unchanged)
     } else {
-        move_to(spool, adm, crate::queue::spool::QUARANTINE, Times::Keep)?
+        (
+            move_to(spool, adm, crate::queue::spool::QUARANTINE, Times::Keep)?,
+            FileState::MovedAside,
+        )
     };
     // 2. Its logs, so that a later message that reuses the ID does not
     //    inherit them.
@@ -368,10 +444,10 @@ pub fn delete(spool: &Spool, adm: Admitted) -> Result<(), MoveError> {
             match unlinkat(&d, aside.id.as_str(), UnlinkatFlags::NoRemoveDir) {
                 Ok(()) | Err(Errno::ENOENT) => {}
                 Err(e) => {
-                    return Err(MoveError::Io(
-                        aside.clone(),
-                        format!("unlink {dir}/{}: {e}", aside.id),
-                    ));
+                    return Err(
+                        MoveError::io(&aside, format!("unlink {dir}/{}: {e}", aside.id))
+                            .with_state(state),
+                    );
                 }
             }
             let _ = fsync(&d);
@@ -380,13 +456,13 @@ pub fn delete(spool: &Spool, adm: Admitted) -> Result<(), MoveError> {
     // 3. The message itself, if it is still the file we admitted.
     let src = spool
         .dir(&aside.dir)
-        .map_err(|e| MoveError::Io(aside.clone(), format!("open {}: {e}", aside.dir)))?;
+        .map_err(|e| MoveError::io(&aside, format!("open {}: {e}", aside.dir)).with_state(state))?;
     match fstatat(&src, aside.id.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(s) if s.st_dev == dev && s.st_ino == ino => {}
-        _ => return Err(MoveError::Raced(aside)),
+        _ => return Err(MoveError::new(MoveErrorKind::Raced, &aside).with_state(state)),
     }
     unlinkat(&src, aside.id.as_str(), UnlinkatFlags::NoRemoveDir)
-        .map_err(|e| MoveError::Io(aside.clone(), format!("unlink: {e}")))?;
+        .map_err(|e| MoveError::io(&aside, format!("unlink: {e}")).with_state(state))?;
     let _ = fsync(&src);
     Ok(())
 }

@@ -25,6 +25,7 @@ use queue_format::rec_type as rt;
 
 use crate::config::{Config, SHOWQ_QUEUES};
 use crate::error::Fatal;
+pub use crate::util::{json_quote, printable};
 
 /// One listed message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,30 +83,6 @@ pub struct Summary {
     pub illegal: usize,
 }
 
-/// Replaces what Postfix's `printable()` would: bytes that are neither
-/// printable ASCII nor (with UTF-8 enabled) a lead byte followed by
-/// continuation bytes become `?`.
-pub fn printable(s: &[u8], utf8: bool) -> Vec<u8> {
-    let mut out = s.to_vec();
-    let mut i = 0;
-    while i < out.len() {
-        let ch = out[i];
-        if ch.is_ascii() && (0x20..0x7f).contains(&ch) {
-        } else if utf8
-            && (194..=254).contains(&ch)
-            && out.get(i + 1).is_some_and(|c| (128..192).contains(c))
-        {
-            while out.get(i + 1).is_some_and(|c| (128..192).contains(c)) {
-                i += 1;
-            }
-        } else {
-            out[i] = b'?';
-        }
-        i += 1;
-    }
-    out
-}
-
 fn is_dot_string(local: &[u8]) -> bool {
     if local.is_empty() || local[0] == b'.' || local[local.len() - 1] == b'.' {
         return false;
@@ -152,29 +129,6 @@ pub fn quote_822_local(addr: &[u8]) -> Vec<u8> {
 
 fn cstr(p: &[u8]) -> &[u8] {
     p.iter().position(|&b| b == 0).map_or(p, |n| &p[..n])
-}
-
-/// Quotes a string for JSON exactly as postqueue does, then applies
-/// `printable()`.
-pub fn json_quote(s: &[u8], utf8: bool) -> String {
-    let mut out = Vec::with_capacity(s.len() + 2);
-    for &ch in s {
-        match ch {
-            0x08 => out.extend_from_slice(b"\\b"),
-            0x0c => out.extend_from_slice(b"\\f"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            c if c < 0x20 || c == 0x7f => out.extend_from_slice(format!("\\u{c:04X}").as_bytes()),
-            b'\\' | b'"' => {
-                out.push(b'\\');
-                out.push(ch);
-            }
-            c => out.push(c),
-        }
-    }
-    // printable() leaves only ASCII and well-formed-looking UTF-8.
-    String::from_utf8_lossy(&printable(&out, utf8)).into_owned()
 }
 
 /// Reads a defer log as Postfix's `bounce_log_read()` does: entries of

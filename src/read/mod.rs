@@ -1,4 +1,11 @@
-//! Reading the queue: postcat's and postqueue's views.
+//! The read layer: reading queue files without changing them.
+//!
+//! * [`message`]: a held message opened read-only, and its facts for the
+//!   rules (the daemon's, `posthold scan`'s and the scanners' one read
+//!   path);
+//! * [`cat`]: `postcat`'s output, byte for byte;
+//! * [`list`]: `postqueue -j`'s listing, byte for byte.
 
 pub mod cat;
 pub mod list;
+pub mod message;

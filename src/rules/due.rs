@@ -1,4 +1,4 @@
-//! Due times from headers: `X-Deliver-At:` and Outlook's `Deferred-Delivery:`.
+//! Due times from headers, and the one judge of them ([`ruling`]): `X-Deliver-At:` and Outlook's `Deferred-Delivery:`.
 //!
 //! Accepted forms, after unfolding and trimming the value and removing RFC
 //! 5322 comments (`(UTC)`):
@@ -16,6 +16,10 @@
 //! does not fall back to another: the message is reported as malformed.
 
 use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
+
+use super::eval::{Rule, Rules, Ruling};
+use super::reason::Reason;
+use crate::read::message::Facts;
 
 /// Headers that carry a due time, in order of preference when the rules do
 /// not name one.
@@ -131,6 +135,43 @@ pub fn parse(value: &str) -> Option<DateTime<FixedOffset>> {
         return None;
     }
     rfc5322(&v).or_else(|| iso8601(&v))
+}
+
+/// The one judge of a due date, for the rule `rule` that releases at the
+/// date in `header`: a scheduled release at that time; or, for a value that
+/// does not parse (empty or missing included) or a date beyond the rules'
+/// horizon, the rules' `on_bad_date` verdict with the reason why.
+pub fn ruling(rules: &Rules, rule: &Rule, header: &str, f: &Facts, now: i64) -> Ruling {
+    let value = f.header(header).unwrap_or("");
+    let bad = |reason| Ruling {
+        verdict: rules.on_bad_date.clone(),
+        due: None,
+        reason,
+    };
+    match parse(value) {
+        None => bad(Reason::BadDate {
+            rule: rule.name.clone(),
+            header: header.to_string(),
+            value: value.chars().take(80).collect(),
+        }),
+        Some(t)
+            if t.timestamp() > now.saturating_add(rules.horizon.min(i64::MAX as u64) as i64) =>
+        {
+            bad(Reason::BeyondHorizon {
+                rule: rule.name.clone(),
+                header: header.to_string(),
+                at: t.to_rfc3339(),
+            })
+        }
+        Some(t) => Ruling {
+            verdict: rule.verdict.clone(),
+            due: Some(t.timestamp()),
+            reason: Reason::Due {
+                header: header.to_string(),
+                rule: rule.name.clone(),
+            },
+        },
+    }
 }
 
 #[cfg(test)]

@@ -4,10 +4,10 @@
 //! closes the connection. Anything else fails closed.
 
 use super::net::connect_to;
-use super::{Address, Budget, Failure, Message, Outcome, Scanner, sanitize};
+use super::{Address, Answer, Budget, Failure, Message, Scanner, sanitize};
 
 /// Parses clamd's reply to one z-command (without anything after it).
-pub fn parse_reply(reply: &[u8]) -> Result<Outcome, Failure> {
+pub fn parse_reply(reply: &[u8]) -> Result<Answer, Failure> {
     let Some(line) = reply.strip_suffix(b"\0") else {
         return Err(if reply.is_empty() {
             Failure::strike("clamd closed the connection without a reply")
@@ -25,11 +25,11 @@ pub fn parse_reply(reply: &[u8]) -> Result<Outcome, Failure> {
     }
     let rest = text.strip_prefix("stream: ").ok_or_else(garbled)?;
     if rest == "OK" {
-        return Ok(Outcome::Virus(None));
+        return Ok(Answer::Virus(None));
     }
     match rest.strip_suffix(" FOUND") {
         Some(name) if !name.trim().is_empty() && !name.chars().any(char::is_control) => {
-            Ok(Outcome::Virus(Some(name.to_string())))
+            Ok(Answer::Virus(Some(name.to_string())))
         }
         _ => Err(garbled()),
     }
@@ -42,7 +42,7 @@ pub fn instream(
     chunk: usize,
     msg: &Message,
     b: &Budget,
-) -> Result<Outcome, Failure> {
+) -> Result<Answer, Failure> {
     let mut conn = connect_to(addr, sc.connect_timeout)?;
     conn.send(b"zINSTREAM\0", b)?;
     let chunk = chunk.clamp(1, 1 << 24);
@@ -94,10 +94,10 @@ mod tests {
 
     #[test]
     fn replies() {
-        assert_eq!(parse_reply(b"stream: OK\0"), Ok(Outcome::Virus(None)));
+        assert_eq!(parse_reply(b"stream: OK\0"), Ok(Answer::Virus(None)));
         assert_eq!(
             parse_reply(b"stream: Eicar-Test-Signature FOUND\0"),
-            Ok(Outcome::Virus(Some("Eicar-Test-Signature".into())))
+            Ok(Answer::Virus(Some("Eicar-Test-Signature".into())))
         );
         let soft = |r: &[u8]| parse_reply(r).is_err_and(|f| !f.strike);
         let strike = |r: &[u8]| parse_reply(r).is_err_and(|f| f.strike);

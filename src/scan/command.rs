@@ -24,7 +24,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::sys::wait::{Id, WaitPidFlag, waitid};
 use nix::unistd::Pid;
 
-use super::{Budget, Failure, Kind, Message, Outcome, Scanner, sanitize};
+use super::{Answer, Budget, Failure, Message, Scanner, ScannerKind, sanitize};
 
 /// EX_TEMPFAIL from sysexits.h: try again later.
 pub const EX_TEMPFAIL: i32 = 75;
@@ -120,8 +120,8 @@ fn exited(child: &Child) -> bool {
 }
 
 /// Runs the command on one message.
-pub fn run(sc: &Scanner, msg: &Message, b: &Budget) -> Result<Outcome, Failure> {
-    let Kind::Command {
+pub fn run(sc: &Scanner, msg: &Message, b: &Budget) -> Result<Answer, Failure> {
+    let ScannerKind::Command {
         argv,
         user,
         env,
@@ -167,7 +167,7 @@ pub fn run(sc: &Scanner, msg: &Message, b: &Budget) -> Result<Outcome, Failure> 
     };
     let out = out.describe();
     match (status.code(), status.signal()) {
-        (Some(c), _) if c == 0 || named.contains(&c) => Ok(Outcome::Exit(c, out)),
+        (Some(c), _) if c == 0 || named.contains(&c) => Ok(Answer::Exit(c, out)),
         (Some(EX_TEMPFAIL), _) => Err(Failure::soft(format!(
             "temporary failure (exit {EX_TEMPFAIL}){out}"
         ))),

@@ -5,7 +5,7 @@
 //! [`queue_format::queue_file::MessageContent`]), never the raw queue file.
 //! The queue file is opened read-only; nothing here changes the spool.
 //!
-//! Scanners fail closed. A scan ends in an [`Outcome`] only when the
+//! Scanners fail closed. A scan ends in an [`Answer`] only when the
 //! scanner gave a complete answer that the rules can name: exit 0 or a code
 //! a rule names, a well-formed spamd or clamd reply, or "too large to
 //! scan". Anything else (a timeout, a crash, a signal, EX_TEMPFAIL, an
@@ -19,19 +19,14 @@ pub mod command;
 pub mod net;
 pub mod spamd;
 
-use std::fs::File;
-use std::io::{BufReader, Read, Seek};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use queue_format::queue_file::{Envelope, MessageContent, RecipientState, read_envelope};
-use queue_format::reader::{Mode, Reader};
+pub use crate::read::message::{Message, Unreadable};
 
 /// What a scanner said about a message, in terms the rules can name.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
+pub enum Answer {
     /// An external command's exit code (0, or one a rule names), and its
     /// output as kept for the log (sanitized, capped; may be empty).
     Exit(i32, String),
@@ -52,12 +47,12 @@ pub enum Outcome {
     Oversize(u64),
 }
 
-impl Outcome {
+impl Answer {
     /// A short description for logs.
     pub fn describe(&self) -> String {
         match self {
-            Outcome::Exit(c, out) => format!("exit={c}{out}"),
-            Outcome::Spam {
+            Answer::Exit(c, out) => format!("exit={c}{out}"),
+            Answer::Spam {
                 spam,
                 score,
                 threshold,
@@ -66,9 +61,9 @@ impl Outcome {
                 "{}, score={score}/{threshold}",
                 if *spam { "spam" } else { "ham" }
             ),
-            Outcome::Virus(None) => "clean".into(),
-            Outcome::Virus(Some(v)) => format!("infected, virus={}", sanitize(v.as_bytes(), 120)),
-            Outcome::Oversize(n) => format!("oversize, size={n}"),
+            Answer::Virus(None) => "clean".into(),
+            Answer::Virus(Some(v)) => format!("infected, virus={}", sanitize(v.as_bytes(), 120)),
+            Answer::Oversize(n) => format!("oversize, size={n}"),
         }
     }
 }
@@ -137,7 +132,7 @@ impl std::fmt::Display for Address {
 
 /// The kind of scanner and its own settings.
 #[derive(Debug, Clone)]
-pub enum Kind {
+pub enum ScannerKind {
     /// An external command: argv, never a shell.
     Command {
         /// Program and arguments; `{queue_id}` and `{sender}` are replaced
@@ -177,7 +172,7 @@ pub struct Scanner {
     /// Its name in the rules file.
     pub name: String,
     /// What it is.
-    pub kind: Kind,
+    pub kind: ScannerKind,
     /// Wall-clock limit for one scan (after connecting).
     pub timeout: Duration,
     /// Limit for connecting (network scanners).
@@ -207,7 +202,7 @@ impl Scanner {
     }
 
     /// Scans one message: an outcome, or a failure (fail closed).
-    pub fn scan(&self, msg: &Message, stop: &AtomicBool) -> Result<Outcome, Failure> {
+    pub fn scan(&self, msg: &Message, stop: &AtomicBool) -> Result<Answer, Failure> {
         let budget = Budget {
             deadline: Instant::now() + self.timeout,
             stop,
@@ -215,17 +210,17 @@ impl Scanner {
         // One read of the content for its length, when a limit or the
         // protocol (spamd's Content-length) needs it.
         let len = match (&self.kind, self.max_size) {
-            (Kind::Spamd { .. }, _) | (_, Some(_)) => Some(msg.content_len()?),
+            (ScannerKind::Spamd { .. }, _) | (_, Some(_)) => Some(msg.content_len()?),
             _ => None,
         };
         if let (Some(n), Some(max)) = (len, self.max_size)
             && n > max
         {
-            return Ok(Outcome::Oversize(n));
+            return Ok(Answer::Oversize(n));
         }
         match &self.kind {
-            Kind::Command { .. } => command::run(self, msg, &budget),
-            Kind::Spamd {
+            ScannerKind::Command { .. } => command::run(self, msg, &budget),
+            ScannerKind::Spamd {
                 address,
                 symbols,
                 user,
@@ -238,7 +233,9 @@ impl Scanner {
                 len.unwrap_or_default(),
                 &budget,
             ),
-            Kind::Clamd { address, chunk } => clamd::instream(self, address, *chunk, msg, &budget),
+            ScannerKind::Clamd { address, chunk } => {
+                clamd::instream(self, address, *chunk, msg, &budget)
+            }
         }
     }
 }
@@ -266,114 +263,9 @@ impl Budget<'_> {
     }
 }
 
-/// A held message opened read-only for scanning.
-pub struct Message {
-    /// Its queue ID.
-    pub id: String,
-    /// Envelope sender ("" for the null sender).
-    pub sender: String,
-    /// Recipients still to deliver.
-    pub recipients: Vec<String>,
-    /// The envelope as read.
-    pub env: Envelope,
-    /// Headers (unfolded), when asked for at open.
-    pub headers: Vec<(String, String)>,
-    /// The file's inode.
-    pub ino: u64,
-    /// Its ctime in microseconds (for a held file: when it was committed).
-    pub ctime_us: i64,
-    file: File,
-    len: u64,
-    mesg_at: u64,
-}
-
-impl Message {
-    /// Opens `path` read-only, without following a symlink (and without
-    /// blocking on a FIFO), and checks that it is a committed regular file
-    /// with inode `ino` (when given) and a complete envelope; reads the
-    /// headers too when `headers` (never the body). The one way the daemon
-    /// reads a held message.
-    pub fn open(
-        path: &Path,
-        id: &str,
-        ino: Option<u64>,
-        headers: bool,
-    ) -> Result<Message, Failure> {
-        let gone = |e: std::io::Error| Failure::soft(format!("{}: {e}", path.display()));
-        let file = File::options()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(path)
-            .map_err(gone)?;
-        let meta = file.metadata().map_err(gone)?;
-        if !meta.file_type().is_file() || meta.mode() & 0o700 != 0o700 {
-            return Err(Failure::soft(format!(
-                "{}: not a committed queue file",
-                path.display()
-            )));
-        }
-        if ino.is_some_and(|i| i != meta.ino()) {
-            return Err(Failure::soft(format!("{}: replaced", path.display())));
-        }
-        let len = meta.len();
-        let bad = |e: queue_format::Error| Failure::soft(format!("{}: {e}", path.display()));
-        let mut rd = Reader::with_len(BufReader::new(&file), len, Mode::LOGICAL);
-        let env = read_envelope(&mut rd).map_err(bad)?;
-        env.check_complete().map_err(bad)?;
-        let mesg_at = env
-            .content_offset
-            .ok_or_else(|| Failure::soft(format!("{}: no message content", path.display())))?;
-        let headers = if headers {
-            // Reading stops at the first body line.
-            queue_format::queue_file::read_headers(&mut rd, mesg_at).map_err(bad)?
-        } else {
-            Vec::new()
-        };
-        drop(rd);
-        Ok(Message {
-            id: id.to_string(),
-            sender: String::from_utf8_lossy(env.sender.as_deref().unwrap_or_default()).into_owned(),
-            recipients: env
-                .recipients
-                .iter()
-                .filter(|r| r.state == RecipientState::Todo)
-                .map(|r| String::from_utf8_lossy(&r.address).into_owned())
-                .collect(),
-            env,
-            headers,
-            ino: meta.ino(),
-            ctime_us: meta.ctime() * 1_000_000 + meta.ctime_nsec() / 1000,
-            file,
-            len,
-            mesg_at,
-        })
-    }
-
-    /// Runs `f` on the message content stream.
-    pub fn with_content<T>(
-        &self,
-        f: impl FnOnce(&mut dyn Read) -> Result<T, Failure>,
-    ) -> Result<T, Failure> {
-        // The reader counts positions from where the file offset is.
-        (&self.file)
-            .seek(std::io::SeekFrom::Start(0))
-            .map_err(|e| Failure::soft(format!("{}: {e}", self.id)))?;
-        let mut rd = Reader::with_len(
-            BufReader::with_capacity(64 * 1024, &self.file),
-            self.len,
-            Mode::LOGICAL,
-        );
-        let mut content = MessageContent::new(&mut rd, self.mesg_at)
-            .map_err(|e| Failure::soft(format!("{}: {e}", self.id)))?;
-        f(&mut content)
-    }
-
-    /// The content's length in bytes (a read of the whole content).
-    pub fn content_len(&self) -> Result<u64, Failure> {
-        self.with_content(|r| {
-            std::io::copy(r, &mut std::io::sink())
-                .map_err(|e| Failure::soft(format!("{}: {e}", self.id)))
-        })
+impl From<Unreadable> for Failure {
+    fn from(u: Unreadable) -> Failure {
+        Failure::soft(u.0)
     }
 }
 
@@ -433,7 +325,7 @@ mod tests {
     fn backoff_doubles_up_to_the_cap() {
         let s = Scanner {
             name: "x".into(),
-            kind: Kind::Clamd {
+            kind: ScannerKind::Clamd {
                 address: Address::Unix("/x".into()),
                 chunk: 1,
             },

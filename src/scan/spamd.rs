@@ -10,10 +10,10 @@
 //! nothing after it. Anything else fails closed.
 
 use super::net::connect_to;
-use super::{Address, Budget, Failure, Message, Outcome, Scanner, sanitize};
+use super::{Address, Answer, Budget, Failure, Message, Scanner, sanitize};
 
 /// Parses a complete spamd reply.
-pub fn parse_reply(reply: &[u8], symbols: bool) -> Result<Outcome, Failure> {
+pub fn parse_reply(reply: &[u8], symbols: bool) -> Result<Answer, Failure> {
     let garbled = |why: &str| Failure::soft(format!("{why}: {}", sanitize(reply, 160)));
     let truncated = || {
         if reply.is_empty() {
@@ -104,7 +104,7 @@ pub fn parse_reply(reply: &[u8], symbols: bool) -> Result<Outcome, Failure> {
         }
         Vec::new()
     };
-    Ok(Outcome::Spam {
+    Ok(Answer::Spam {
         spam,
         score,
         threshold,
@@ -121,7 +121,7 @@ pub fn check(
     msg: &Message,
     len: u64,
     b: &Budget,
-) -> Result<Outcome, Failure> {
+) -> Result<Answer, Failure> {
     let mut conn = connect_to(addr, sc.connect_timeout)?;
     let mut head = format!(
         "{} SPAMC/1.5\r\nContent-length: {len}\r\n",
@@ -161,7 +161,7 @@ mod tests {
                 b"SPAMD/1.1 0 EX_OK\r\nSpam: True ; 1005.2 / 5.0\r\n\r\n",
                 false
             ),
-            Ok(Outcome::Spam {
+            Ok(Answer::Spam {
                 spam: true,
                 score: 1005.2,
                 threshold: 5.0,
@@ -174,7 +174,7 @@ mod tests {
         )
         .unwrap();
         assert!(
-            matches!(r, Outcome::Spam { spam: false, ref symbols, .. } if symbols == &["GTUBE", "OTHER"])
+            matches!(r, Answer::Spam { spam: false, ref symbols, .. } if symbols == &["GTUBE", "OTHER"])
         );
         let soft = |r: &[u8], s| parse_reply(r, s).is_err_and(|f| !f.strike);
         let strike = |r: &[u8], s| parse_reply(r, s).is_err_and(|f| f.strike);

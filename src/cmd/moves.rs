@@ -1,0 +1,196 @@
+//! The postsuper-style commands: release, hold, requeue, expire, delete,
+//! quarantine and restore. Each resolves its targets (queue IDs, `-` for
+//! IDs on stdin, or `ALL`) and applies its action to each through
+//! [`crate::queue::act`] (gate, then mover). Output: one line per message
+//! that begins with the queue ID, then a summary; `--json` prints one
+//! object per message. Exit status: 0 all done, 1 some skipped, 2 usage or
+//! configuration.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, IsTerminal, Write};
+
+use crate::error::Fatal;
+use crate::queue::act::{Action, Outcome, Run, Triggers, act};
+use crate::queue::spool::{Location, SEARCH_ORDER, Spool};
+use crate::util::{json_quote, printable};
+
+/// Options shared by the commands.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOpts {
+    /// Check and report, change nothing.
+    pub dry_run: bool,
+    /// One JSON object per message.
+    pub json: bool,
+    /// Confirms `delete ALL`.
+    pub yes: bool,
+}
+
+impl RunOpts {
+    /// Whether to change anything.
+    pub fn run(&self) -> Run {
+        if self.dry_run { Run::DryRun } else { Run::Do }
+    }
+}
+
+/// Reads the target list: `ALL`, `-` (IDs on stdin, one per line or
+/// separated by blanks), or IDs. `None` means ALL.
+pub fn read_targets(args: &[String]) -> Result<Option<Vec<String>>, Fatal> {
+    if args.is_empty() {
+        return Err(Fatal::config(
+            "no queue IDs given (use IDs, - for stdin, or ALL)",
+        ));
+    }
+    if args.iter().any(|a| a == "ALL") {
+        if args.len() > 1 {
+            return Err(Fatal::config("ALL cannot be combined with queue IDs"));
+        }
+        return Ok(None);
+    }
+    let mut ids = Vec::new();
+    for a in args {
+        if a == "-" {
+            for line in std::io::stdin().lock().lines() {
+                let line = line.map_err(|e| Fatal::config(format!("stdin: {e}")))?;
+                ids.extend(line.split_whitespace().map(str::to_string));
+            }
+        } else {
+            ids.push(a.clone());
+        }
+    }
+    Ok(Some(ids))
+}
+
+fn print(out: &mut dyn Write, o: &Outcome, action: &str, json: bool) -> std::io::Result<()> {
+    if json {
+        let opt = |v: &Option<String>| match v {
+            Some(s) => format!("\"{}\"", json_quote(s.as_bytes(), true)),
+            None => "null".into(),
+        };
+        writeln!(
+            out,
+            "{{\"queue_id\": \"{}\", \"action\": \"{action}\", \"done\": {}, \"from\": {}, \"to\": {}, \"result\": \"{}\"}}",
+            json_quote(o.id.as_bytes(), true),
+            o.done(),
+            opt(&o.from),
+            opt(&o.to),
+            json_quote(o.status.to_string().as_bytes(), true)
+        )
+    } else {
+        // The ID comes first, as in Postfix's logs; unprintable bytes of a
+        // hostile argument are shown as '?'.
+        let id = String::from_utf8_lossy(&printable(o.id.as_bytes(), true)).into_owned();
+        writeln!(out, "{id}: {}", o.status)
+    }
+}
+
+/// Runs a command over its targets; returns the exit status.
+pub fn run(
+    spool: &Spool,
+    action: &Action,
+    args: &[String],
+    opts: RunOpts,
+    out: &mut dyn Write,
+) -> Result<i32, Fatal> {
+    let targets = read_targets(args)?;
+    // S10: delete ALL only when confirmed.
+    if targets.is_none() && *action == Action::Delete && !opts.yes && !opts.dry_run {
+        return Err(Fatal::config(
+            "delete ALL deletes every message in hold, incoming, deferred and quarantine: add --yes",
+        ));
+    }
+    let locs: Vec<Result<Location, String>> = match targets {
+        None => action
+            .sources()
+            .iter()
+            .flat_map(|q| spool.entries(q))
+            .map(Ok)
+            .collect(),
+        Some(ids) => {
+            let mut seen = BTreeSet::new();
+            ids.into_iter()
+                .filter(|id| seen.insert(id.clone()))
+                .map(|id| {
+                    // S9: only a legal ID becomes a path.
+                    if !queue_format::queue_id::is_legal(&id) {
+                        return Err(id);
+                    }
+                    spool.locate(&id, SEARCH_ORDER).ok_or(id)
+                })
+                .collect()
+        }
+    };
+    let total = locs.len();
+    let mut write_error: Option<std::io::Error> = None;
+    // One posthold at a time changes the queue (the daemon waits meanwhile).
+    // While the lock is held, output to a pipe is kept in memory: a reader
+    // that stops reading (a pager) must not hold the daemon up.
+    let mut held_output: Option<Vec<u8>> = (!std::io::stdout().is_terminal()).then(Vec::new);
+    let exclusive = if opts.dry_run {
+        None
+    } else {
+        // S6: the queue lock for the whole run.
+        Some(spool.exclusive()?)
+    };
+    let progress = std::io::stderr().is_terminal() && total >= 1000;
+    let mut trig = Triggers::default();
+    let (mut done, mut skipped) = (0usize, 0usize);
+    let werr = |e: std::io::Error| Fatal::runtime(format!("write error: {e}"));
+    // S8: each message is one independent action (a rename); no journal,
+    // no state: a rerun after a crash decides again from the spool.
+    for (i, l) in locs.iter().enumerate() {
+        let o = match l {
+            Ok(loc) => act(spool, action, loc, opts.run(), &mut trig),
+            Err(id) => Outcome::missing(id),
+        };
+        if o.done() {
+            done += 1;
+        } else {
+            skipped += 1;
+        }
+        // A broken output (`release ALL | head`) must not stop the work
+        // half way: the moved mail still needs its wake-up and fsync.
+        let target: &mut dyn Write = match held_output.as_mut() {
+            Some(b) => b,
+            None => &mut *out,
+        };
+        if write_error.is_none()
+            && let Err(e) = print(target, &o, action.name(), opts.json)
+        {
+            write_error = Some(e);
+        }
+        if progress && (i + 1) % 1000 == 0 {
+            eprint!("\rposthold: {}: {}/{total}", action.name(), i + 1);
+        }
+    }
+    if progress {
+        eprintln!();
+    }
+    if let Err(e) = spool.sync_dirs() {
+        eprintln!("posthold: warning: fsync of queue directories: {e}");
+    }
+    // One wake-up per service, after all moves (Postfix ignores failures).
+    trig.send(&spool.cfg);
+    drop(exclusive);
+    if let Some(b) = held_output.take()
+        && write_error.is_none()
+        && let Err(e) = out.write_all(&b)
+    {
+        write_error = Some(e);
+    }
+    let summary = format!(
+        "{}{}: {done} done, {skipped} skipped",
+        action.name(),
+        if opts.dry_run { " (dry run)" } else { "" }
+    );
+    if let Some(e) = write_error {
+        eprintln!("posthold: {summary}");
+        return Err(werr(e));
+    }
+    if opts.json {
+        eprintln!("posthold: {summary}");
+    } else {
+        writeln!(out, "{summary}").map_err(werr)?;
+    }
+    out.flush().map_err(werr)?;
+    Ok(if skipped > 0 { 1 } else { 0 })
+}

@@ -1,0 +1,225 @@
+//! The scheduler thread's loop: decisions in, due times out, SIGHUP
+//! reloads and forgetting mail that left hold. It owns the
+//! [`Scheduler`] (what is due when) and the [`Actor`] (the mover's only
+//! caller in the daemon); each event is one method.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::actor::{Actor, Performed};
+use super::board::Board;
+use super::decision::{Brain, Decision, Work};
+use super::logger::Logger;
+use super::parser::look;
+use super::scanners::{ScanCtx, check_scanner_users, start_scanners};
+use super::scheduler::{Due, Scheduler};
+use crate::error::Fatal;
+use crate::queue::spool::Location;
+use crate::rules::Rules;
+use crate::util::{now, now_ms};
+
+/// Everything the loop works with.
+pub struct Events {
+    /// What is due when.
+    pub sched: Scheduler,
+    /// Acts on decisions.
+    pub actor: Actor,
+    /// The rules in force.
+    pub brain: Arc<RwLock<Brain>>,
+    /// Scan results.
+    pub board: Arc<Board>,
+    /// The log.
+    pub log: Logger,
+    /// Decisions from the parsers and scan workers.
+    pub decisions: Receiver<Decision>,
+    /// Sends messages back to the parsers (retry times that came).
+    pub relook: Sender<Work>,
+    /// SIGTERM/SIGINT.
+    pub stop: Arc<AtomicBool>,
+    /// SIGHUP.
+    pub hup: Arc<AtomicBool>,
+    /// Asks the watcher for a full scan.
+    pub rescan: Arc<AtomicBool>,
+    /// The parser threads (all gone means a panic).
+    pub parsers: Vec<JoinHandle<()>>,
+    /// The scan workers' context and threads.
+    pub scan_ctx: Arc<ScanCtx>,
+    /// Scan worker threads.
+    pub scan_threads: Vec<JoinHandle<()>>,
+    /// The rules file.
+    pub rules_path: Option<PathBuf>,
+    /// Whether the daemon dropped root.
+    pub dropped: bool,
+    /// How often to forget mail that left hold.
+    pub gc_interval: Duration,
+}
+
+impl Events {
+    /// Runs until SIGTERM; `Err` when every parser thread died.
+    pub fn run(&mut self) -> Result<(), Fatal> {
+        let mut next_gc = Instant::now() + self.gc_interval;
+        while !self.stop.load(Ordering::Relaxed) {
+            self.sched.publish();
+            if Instant::now() >= next_gc {
+                self.forget_gone();
+                next_gc = Instant::now() + self.gc_interval;
+            }
+            if self.hup.swap(false, Ordering::Relaxed) {
+                self.reload();
+            }
+            self.act_on_due();
+            self.actor.flush();
+            let wait = self.sched.wait_ms(now_ms(), 250);
+            match self.decisions.recv_timeout(Duration::from_millis(wait)) {
+                Ok(d) => self.decision(d),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    self.log.flush();
+                    if self.parsers.iter().all(|p| p.is_finished())
+                        && !self.stop.load(Ordering::Relaxed)
+                    {
+                        return Err(self.parsers_stopped());
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    if !self.stop.load(Ordering::Relaxed) {
+                        return Err(self.parsers_stopped());
+                    }
+                    break;
+                }
+            }
+        }
+        self.actor.flush();
+        Ok(())
+    }
+
+    /// Every parser is gone (a panic): the daemon exits non-zero so that
+    /// the service manager restarts it.
+    fn parsers_stopped(&self) -> Fatal {
+        self.log.log("fatal: parser threads stopped");
+        self.log.flush();
+        self.stop.store(true, Ordering::Relaxed);
+        Fatal::runtime("parser threads stopped")
+    }
+
+    fn requeue_after(&self) -> Option<u64> {
+        self.brain
+            .read()
+            .map(|b| b.rules.requeue_after)
+            .unwrap_or(None)
+    }
+
+    /// A decision arrives: remembered, or acted on now.
+    fn decision(&mut self, d: Decision) {
+        // S12: no decision of an old rules generation is acted on.
+        if d.generation
+            != self
+                .brain
+                .read()
+                .expect("BUG: rules lock poisoned")
+                .generation
+        {
+            return; // made under rules since replaced: the rescan decides again
+        }
+        if let Some(d) = self.sched.decision(d, now_ms()) {
+            let requeue_after = self.requeue_after();
+            if self.actor.perform(&d, requeue_after) == Performed::Failed {
+                self.sched.move_failed(&d, now());
+            }
+            if self.decisions.is_empty() {
+                self.actor.flush();
+            }
+        }
+    }
+
+    /// Acts on what is due. The message is read again: its due time, its
+    /// rule and the gate are checked afresh.
+    fn act_on_due(&mut self) {
+        while !self.stop.load(Ordering::Relaxed) {
+            let Some(due) = self.sched.next_due(now_ms()) else {
+                return;
+            };
+            let (ino, id, look_again) = match due {
+                Due::Look { ino, id } => (ino, id, true),
+                Due::Act { ino, id } => (ino, id, false),
+            };
+            let loc = Location {
+                queue: "hold".into(),
+                dir: self.actor.spool.queue_dir("hold", &id),
+                id: id.into(),
+            };
+            if look_again {
+                // A scan retry: the parsers decide afresh.
+                match self.relook.try_send(Work::Look(loc)) {
+                    Ok(()) => self.sched.looking(ino),
+                    Err(_) => self.sched.look_later(ino, now()),
+                }
+                continue;
+            }
+            // S11: read again before a scheduled action.
+            let again = look(
+                &self.actor.spool.cfg,
+                &self.brain.read().expect("BUG: rules lock poisoned"),
+                &self.board,
+                &loc,
+            );
+            match again {
+                Some(d) if d.ino == ino && d.due.is_some_and(|t| t <= now()) => {
+                    let requeue_after = self.requeue_after();
+                    if self.actor.perform(&d, requeue_after) == Performed::Failed {
+                        // Locked or raced: try again shortly, not at the next scan.
+                        self.sched.move_failed(&d, now());
+                    }
+                }
+                // Changed meanwhile (rules, or not due after all): decide again.
+                Some(d) if d.ino == ino => self.decision(d),
+                _ => {} // gone, replaced or unreadable: the next event or scan decides
+            }
+        }
+    }
+
+    /// Forgets messages that left hold by other means (postsuper, an
+    /// administrator), and their scan results.
+    fn forget_gone(&mut self) {
+        let spool = &self.actor.spool;
+        let qd = &spool.cfg.queue_directory;
+        let present = |ino: u64, id: &str| {
+            std::fs::symlink_metadata(qd.join(spool.queue_dir("hold", id)).join(id))
+                .is_ok_and(|m| m.ino() == ino)
+        };
+        self.sched.forget_gone(present);
+        self.board.retain(present);
+    }
+
+    /// SIGHUP: new rules, new scanners, a new generation (decisions, scans
+    /// and results of the old rules are dropped as they come), a rescan.
+    fn reload(&mut self) {
+        let owner = self.actor.spool.owner.0;
+        let loaded = Rules::load(self.rules_path.as_deref())
+            .and_then(|r| check_scanner_users(&r, self.dropped, owner).map(|()| r));
+        let r = match loaded {
+            Ok(r) => r,
+            Err(e) => {
+                self.log.log(&format!("warning: rules not reloaded: {e}"));
+                return;
+            }
+        };
+        self.scan_threads.retain(|h| !h.is_finished());
+        let queues = start_scanners(&self.scan_ctx, &r, &mut self.scan_threads);
+        {
+            let mut b = self.brain.write().expect("BUG: rules lock poisoned");
+            b.rules = r;
+            b.generation += 1;
+            b.queues = queues;
+        }
+        self.sched.reload();
+        self.rescan.store(true, Ordering::Relaxed);
+        self.log.log("rules reloaded");
+        self.log.flush();
+    }
+}

@@ -1,0 +1,502 @@
+//! The scheduler's state: per held message one compact entry keyed by
+//! inode (about 40 bytes plus the ID, so memory stays small with a million
+//! held messages), and a heap of due times. Everything else is read again
+//! from the message when it is due: no state is kept outside the spool,
+//! and a restart scans and decides again.
+//!
+//! A struct with one method per event, each unit-tested without Postfix:
+//! a decision arrives ([`Scheduler::decision`]), a due time passes
+//! ([`Scheduler::next_due`]), a move fails ([`Scheduler::move_failed`]),
+//! the rules are reloaded ([`Scheduler::reload`]), messages leave hold by
+//! other means ([`Scheduler::forget_gone`]). Acting is the caller's job
+//! (the event loop, through the [`super::actor::Actor`]).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use super::decision::Decision;
+use super::logger::Logger;
+use super::metrics::Shared;
+use crate::rules::Verdict;
+use crate::util::rfc3339;
+
+/// Seconds before a failed action (file locked, raced) is tried again.
+pub const RETRY_SECS: i64 = 5;
+
+/// What the scheduler remembers of a held message.
+#[derive(Debug)]
+struct Entry {
+    /// The queue ID (the inode is the map key: IDs repeat, live inodes do not).
+    id: Box<str>,
+    /// Due time in seconds when scheduled or retrying.
+    due: i64,
+    state: State,
+}
+
+/// Where a held message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Kept (no rule, or a rule that keeps).
+    Keep,
+    /// Kept because of a bad date (unreadable, or beyond the horizon).
+    KeepBad,
+    /// A release (or a retried action) at `due`.
+    Scheduled,
+    /// Kept until `due`, then looked at again (a scan failed or waits).
+    Retry,
+    /// Sent to the parsers again; their decision replaces it.
+    Looking,
+}
+
+/// A due time that passed: what the caller does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Due {
+    /// Send the message to the parsers again, then call
+    /// [`Scheduler::looking`] (or [`Scheduler::look_later`] if they are
+    /// busy). The entry stays, so their decision is not a first one.
+    Look {
+        /// Inode.
+        ino: u64,
+        /// Queue ID.
+        id: Box<str>,
+    },
+    /// Read the message again and act if it is still due (the entry is
+    /// gone; [`Scheduler::move_failed`] brings it back on failure).
+    Act {
+        /// Inode.
+        ino: u64,
+        /// Queue ID.
+        id: Box<str>,
+    },
+}
+
+/// The scheduler's state.
+pub struct Scheduler {
+    entries: HashMap<u64, Entry>,
+    heap: BinaryHeap<Reverse<(i64, u64)>>,
+    /// Entries in [`State::Scheduled`] (kept as they come and go: O(1)).
+    scheduled: usize,
+    /// Entries in [`State::KeepBad`].
+    bad: usize,
+    log: Logger,
+    metrics: Arc<Mutex<Shared>>,
+}
+
+impl Scheduler {
+    /// An empty scheduler that logs to `log` and records latencies in
+    /// `metrics`.
+    pub fn new(log: Logger, metrics: Arc<Mutex<Shared>>) -> Scheduler {
+        Scheduler {
+            entries: HashMap::new(),
+            heap: BinaryHeap::new(),
+            scheduled: 0,
+            bad: 0,
+            log,
+            metrics,
+        }
+    }
+
+    fn insert(&mut self, ino: u64, id: &str, due: i64, state: State) {
+        match state {
+            State::Scheduled => self.scheduled += 1,
+            State::KeepBad => self.bad += 1,
+            State::Keep | State::Retry | State::Looking => {}
+        }
+        if matches!(state, State::Scheduled | State::Retry) {
+            self.heap.push(Reverse((due * 1000, ino)));
+        }
+        self.entries.insert(
+            ino,
+            Entry {
+                id: id.into(),
+                due,
+                state,
+            },
+        );
+    }
+
+    fn remove(&mut self, ino: u64) -> Option<Entry> {
+        let e = self.entries.remove(&ino)?;
+        match e.state {
+            State::Scheduled => self.scheduled -= 1,
+            State::KeepBad => self.bad -= 1,
+            State::Keep | State::Retry | State::Looking => {}
+        }
+        Some(e)
+    }
+
+    /// A decision arrives (from a parser, a scan worker, or the caller
+    /// after a re-read). Returns it when it must be acted on now; otherwise
+    /// it is remembered (and logged when it changes something).
+    pub fn decision(&mut self, d: Decision, now_ms: i64) -> Option<Decision> {
+        let now = now_ms.div_euclid(1000);
+        let state = match (&d.verdict, d.due) {
+            (Verdict::Keep, _) if d.retry_at.is_some() => Some(State::Retry),
+            (Verdict::Keep, _) if d.reason.is_bad_date() => Some(State::KeepBad),
+            (Verdict::Keep, _) => Some(State::Keep),
+            (Verdict::ReleaseAt(_), Some(due)) if due > now => Some(State::Scheduled),
+            _ => None, // act now
+        };
+        let prev = self.entries.get(&d.ino).filter(|e| *e.id == *d.loc.id);
+        if state.is_none() && prev.is_some_and(|p| p.state == State::Scheduled) {
+            return None; // due or retrying: the heap acts on it, re-reading it first
+        }
+        let new_due = if state == Some(State::Retry) {
+            d.retry_at
+        } else {
+            d.due
+        };
+        if let (Some(p), Some(s)) = (prev, state)
+            && p.state == s
+            && (!matches!(s, State::Scheduled | State::Retry) || Some(p.due) == new_due)
+        {
+            return None; // already decided the same way
+        }
+        if prev.is_none() {
+            let us = (now_ms * 1000 - d.committed_us).max(0) as u64;
+            self.metrics
+                .lock()
+                .expect("BUG: metrics lock poisoned")
+                .record_latency(us);
+        }
+        let prev_state = prev.map(|p| p.state);
+        self.remove(d.ino);
+        let Some(s) = state else {
+            return Some(d);
+        };
+        let due = new_due.unwrap_or(0);
+        match s {
+            State::Scheduled => self.log.log(&format!(
+                "{}: scheduled, {}, due={}",
+                d.loc.id,
+                d.reason,
+                rfc3339(due)
+            )),
+            State::Retry => {
+                // Once per episode: the scan workers log each failure.
+                if !matches!(prev_state, Some(State::Retry | State::Looking)) {
+                    self.log.log(&format!(
+                        "{}: keep, {}, retry={}",
+                        d.loc.id,
+                        d.reason,
+                        rfc3339(due)
+                    ));
+                }
+            }
+            State::Keep | State::KeepBad | State::Looking => self.log.log(&format!(
+                "{}: keep, {}, held={}s",
+                d.loc.id, d.reason, d.held
+            )),
+        }
+        self.insert(d.ino, &d.loc.id, due, s);
+        None
+    }
+
+    /// The next entry whose due time has passed at `now_ms`, if any.
+    pub fn next_due(&mut self, now_ms: i64) -> Option<Due> {
+        while let Some(Reverse((due_ms, ino))) = self.heap.peek().copied() {
+            if due_ms > now_ms {
+                return None;
+            }
+            self.heap.pop();
+            let Some(e) = self.entries.get(&ino) else {
+                continue; // forgotten meanwhile
+            };
+            if e.due * 1000 != due_ms {
+                continue; // superseded by a later decision
+            }
+            match e.state {
+                State::Retry => {
+                    return Some(Due::Look {
+                        ino,
+                        id: e.id.clone(),
+                    });
+                }
+                State::Scheduled => {
+                    let e = self.remove(ino).expect("BUG: entry just seen");
+                    return Some(Due::Act { ino, id: e.id });
+                }
+                State::Keep | State::KeepBad | State::Looking => continue,
+            }
+        }
+        None
+    }
+
+    /// The parsers took a [`Due::Look`]: their decision replaces the entry.
+    pub fn looking(&mut self, ino: u64) {
+        if let Some(e) = self.entries.get_mut(&ino) {
+            e.state = State::Looking;
+        }
+    }
+
+    /// The parsers were busy for a [`Due::Look`]: try again in a second.
+    pub fn look_later(&mut self, ino: u64, now: i64) {
+        if let Some(e) = self.entries.get_mut(&ino) {
+            e.due = now + 1;
+            self.heap.push(Reverse((e.due * 1000, ino)));
+        }
+    }
+
+    /// An action on `d` failed and the message is still held (locked,
+    /// raced): try again in [`RETRY_SECS`], not at the next scan. The entry
+    /// also stops our own inotify events from retrying at once.
+    pub fn move_failed(&mut self, d: &Decision, now: i64) {
+        self.remove(d.ino);
+        self.insert(d.ino, &d.loc.id, now + RETRY_SECS, State::Scheduled);
+    }
+
+    /// The rules were reloaded: every decision is made again.
+    pub fn reload(&mut self) {
+        self.entries.clear();
+        self.heap.clear();
+        (self.scheduled, self.bad) = (0, 0);
+    }
+
+    /// Forgets messages that left hold by other means (postsuper, an
+    /// administrator): `present(ino, id)` says whether one is still there.
+    /// Memory stays proportional to the hold queue.
+    pub fn forget_gone(&mut self, mut present: impl FnMut(u64, &str) -> bool) {
+        let gone: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|(ino, e)| !present(**ino, &e.id))
+            .map(|(ino, _)| *ino)
+            .collect();
+        for ino in gone {
+            self.remove(ino);
+        }
+    }
+
+    /// Scheduled releases waiting.
+    pub fn scheduled(&self) -> usize {
+        self.scheduled
+    }
+
+    /// Messages kept for a bad date.
+    pub fn bad_dates(&self) -> usize {
+        self.bad
+    }
+
+    /// Messages remembered.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Milliseconds until the earliest due time (0 if past), at most `cap`.
+    pub fn wait_ms(&self, now_ms: i64, cap: u64) -> u64 {
+        self.heap
+            .peek()
+            .map(|Reverse((t, _))| (t - now_ms).clamp(0, cap as i64) as u64)
+            .unwrap_or(cap)
+    }
+
+    /// Copies the counters into the metrics (O(1)).
+    pub fn publish(&self) {
+        let mut m = self.metrics.lock().expect("BUG: metrics lock poisoned");
+        m.scheduled = self.scheduled;
+        m.next_due = self.heap.peek().map(|Reverse((t, _))| t / 1000);
+        m.bad_dates = self.bad;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::spool::Location;
+    use crate::rules::Reason;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn sched() -> (Scheduler, Logger, Arc<Mutex<Shared>>) {
+        let log = Logger::memory();
+        let m = Arc::new(Mutex::new(Shared::default()));
+        (Scheduler::new(log.clone(), Arc::clone(&m)), log, m)
+    }
+
+    fn d(ino: u64, verdict: Verdict, due: Option<i64>, reason: Reason) -> Decision {
+        Decision {
+            loc: Location {
+                queue: "hold".into(),
+                dir: "hold".into(),
+                id: format!("ID{ino}"),
+            },
+            ino,
+            verdict,
+            due,
+            reason,
+            held: 10,
+            decided: NOW,
+            committed_us: (NOW - 1) * 1_000_000,
+            requeued_copy: false,
+            retry_at: None,
+            generation: 1,
+        }
+    }
+
+    fn at(ino: u64, due: i64) -> Decision {
+        d(
+            ino,
+            Verdict::ReleaseAt("X-Deliver-At".into()),
+            Some(due),
+            Reason::Due {
+                header: "X-Deliver-At".into(),
+                rule: "r".into(),
+            },
+        )
+    }
+
+    #[test]
+    fn a_future_release_waits_for_its_due_time_then_is_acted_on() {
+        let (mut s, log, m) = sched();
+        assert_eq!(s.decision(at(1, NOW + 60), NOW * 1000), None);
+        assert_eq!(s.scheduled(), 1);
+        assert_eq!(m.lock().unwrap().decision_latency_us.len(), 1);
+        assert!(log.lines()[0].starts_with("ID1: scheduled, reason=x-deliver-at"));
+        assert_eq!(s.wait_ms(NOW * 1000, 250), 250);
+        assert_eq!(s.next_due((NOW + 59) * 1000), None, "never early");
+        assert_eq!(
+            s.next_due((NOW + 60) * 1000),
+            Some(Due::Act {
+                ino: 1,
+                id: "ID1".into()
+            })
+        );
+        assert_eq!(s.scheduled(), 0);
+        assert_eq!(s.next_due((NOW + 61) * 1000), None, "acted on once");
+    }
+
+    #[test]
+    fn a_due_or_immediate_decision_is_returned_to_act_on() {
+        let (mut s, _, _) = sched();
+        let past = at(2, NOW - 5);
+        assert_eq!(s.decision(past.clone(), NOW * 1000), Some(past));
+        let rel = d(3, Verdict::Release, None, Reason::Rule { rule: "r".into() });
+        assert_eq!(s.decision(rel.clone(), NOW * 1000), Some(rel));
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn the_same_decision_twice_is_logged_once() {
+        let (mut s, log, m) = sched();
+        let keep = d(4, Verdict::Keep, None, Reason::NoRule);
+        assert_eq!(s.decision(keep.clone(), NOW * 1000), None);
+        assert_eq!(s.decision(keep, NOW * 1000 + 5), None);
+        assert_eq!(log.lines().len(), 1, "{:?}", log.lines());
+        assert_eq!(m.lock().unwrap().decision_latency_us.len(), 1);
+        s.decision(at(5, NOW + 60), NOW * 1000);
+        s.decision(at(5, NOW + 60), NOW * 1000);
+        assert_eq!(log.lines().len(), 2);
+        // A new due time replaces the old one; the old heap entry is stale.
+        s.decision(at(5, NOW + 120), NOW * 1000);
+        assert_eq!(s.scheduled(), 1);
+        assert_eq!(s.next_due((NOW + 60) * 1000), None);
+        assert!(matches!(
+            s.next_due((NOW + 120) * 1000),
+            Some(Due::Act { ino: 5, .. })
+        ));
+    }
+
+    #[test]
+    fn an_act_now_decision_for_a_scheduled_message_waits_for_the_heap() {
+        let (mut s, _, _) = sched();
+        s.decision(at(6, NOW + 60), NOW * 1000);
+        // The parsers see it again (an inotify event) once it is due:
+        // the heap acts on it, re-reading it first; no second action.
+        assert_eq!(s.decision(at(6, NOW + 60), (NOW + 61) * 1000), None);
+        assert!(matches!(
+            s.next_due((NOW + 61) * 1000),
+            Some(Due::Act { ino: 6, .. })
+        ));
+    }
+
+    #[test]
+    fn a_failed_move_is_retried_after_five_seconds() {
+        let (mut s, _, _) = sched();
+        let rel = d(7, Verdict::Release, None, Reason::Rule { rule: "r".into() });
+        let act = s.decision(rel, NOW * 1000).unwrap();
+        s.move_failed(&act, NOW);
+        assert_eq!(s.scheduled(), 1);
+        // Our own inotify event for the same message does not retry at once.
+        assert_eq!(s.decision(act.clone(), NOW * 1000 + 10), None);
+        assert_eq!(s.next_due((NOW + RETRY_SECS) * 1000 - 1), None);
+        assert!(matches!(
+            s.next_due((NOW + RETRY_SECS) * 1000),
+            Some(Due::Act { ino: 7, .. })
+        ));
+    }
+
+    #[test]
+    fn a_scan_retry_is_looked_at_again_and_logged_once_per_episode() {
+        let (mut s, log, _) = sched();
+        let mut r = d(
+            8,
+            Verdict::Keep,
+            None,
+            Reason::ScanFailed {
+                scanner: "av".into(),
+            },
+        );
+        r.retry_at = Some(NOW + 30);
+        s.decision(r.clone(), NOW * 1000);
+        assert_eq!(log.lines().len(), 1);
+        let due = s.next_due((NOW + 30) * 1000);
+        assert_eq!(
+            due,
+            Some(Due::Look {
+                ino: 8,
+                id: "ID8".into()
+            })
+        );
+        // Parsers busy: a second later.
+        s.look_later(8, NOW + 30);
+        assert!(matches!(
+            s.next_due((NOW + 31) * 1000),
+            Some(Due::Look { ino: 8, .. })
+        ));
+        s.looking(8);
+        r.retry_at = Some(NOW + 90);
+        s.decision(r, (NOW + 31) * 1000);
+        assert_eq!(log.lines().len(), 1, "a retry episode is logged once");
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn bad_dates_are_counted_and_reload_and_gc_forget() {
+        let (mut s, _, m) = sched();
+        let bad = d(
+            9,
+            Verdict::Keep,
+            None,
+            Reason::BadDate {
+                rule: "r".into(),
+                header: "X-Deliver-At".into(),
+                value: "soon".into(),
+            },
+        );
+        s.decision(bad, NOW * 1000);
+        s.decision(at(10, NOW + 60), NOW * 1000);
+        s.decision(d(11, Verdict::Keep, None, Reason::NoRule), NOW * 1000);
+        assert_eq!((s.bad_dates(), s.scheduled(), s.len()), (1, 1, 3));
+        s.publish();
+        assert_eq!(m.lock().unwrap().bad_dates, 1);
+        assert_eq!(m.lock().unwrap().next_due, Some(NOW + 60));
+        s.forget_gone(|ino, _| ino != 9);
+        assert_eq!((s.bad_dates(), s.scheduled(), s.len()), (0, 1, 2));
+        s.reload();
+        assert!(s.is_empty());
+        assert_eq!(
+            s.next_due((NOW + 60) * 1000),
+            None,
+            "nothing left to act on"
+        );
+        // After a reload the same decisions are made (and logged) afresh.
+        assert_eq!(s.decision(at(10, NOW + 60), NOW * 1000), None);
+        assert_eq!(s.scheduled(), 1);
+    }
+}

@@ -1,0 +1,200 @@
+//! A held message opened read-only, and what the rules see of it
+//! ([`Facts`]). The one way the daemon, `posthold scan` and the scanners
+//! read a held message (SAFETY.md S12): `O_NOFOLLOW`, `O_NONBLOCK`,
+//! committed, of the expected inode, with a complete envelope. No lock is
+//! taken and nothing is changed.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Seek};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+use queue_format::queue_file::{Envelope, MessageContent, RecipientState, read_envelope};
+use queue_format::reader::{Mode, Reader};
+
+use crate::config::Config;
+use crate::queue::act::is_requeued_copy;
+use crate::queue::spool::Location;
+use crate::util::now;
+
+/// A message that cannot be read (gone, replaced, not committed, damaged):
+/// what and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable(pub String);
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Whether [`Message::open`] reads the headers (never the body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Headers {
+    /// Read them: the rules need them.
+    Read,
+    /// Skip them: a scanner streams the content itself.
+    Skip,
+}
+
+/// A held message opened read-only: for the rules and for scanners.
+pub struct Message {
+    /// Its queue ID.
+    pub id: String,
+    /// Envelope sender ("" for the null sender).
+    pub sender: String,
+    /// Recipients still to deliver.
+    pub recipients: Vec<String>,
+    /// The envelope as read.
+    pub env: Envelope,
+    /// Headers (unfolded), when asked for at open.
+    pub headers: Vec<(String, String)>,
+    /// The file's inode.
+    pub ino: u64,
+    /// Its ctime in microseconds (for a held file: when it was committed).
+    pub ctime_us: i64,
+    file: File,
+    len: u64,
+    mesg_at: u64,
+}
+
+impl Message {
+    /// Opens `path` read-only, without following a symlink (and without
+    /// blocking on a FIFO), and checks that it is a committed regular file
+    /// with inode `ino` (when given) and a complete envelope; reads the
+    /// headers too when `headers` (never the body). The one way the daemon
+    /// reads a held message.
+    pub fn open(
+        path: &Path,
+        id: &str,
+        ino: Option<u64>,
+        headers: Headers,
+    ) -> Result<Message, Unreadable> {
+        let gone = |e: std::io::Error| Unreadable(format!("{}: {e}", path.display()));
+        // S12: read-only, no symlink, no blocking on a FIFO; no lock taken.
+        let file = File::options()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+            .map_err(gone)?;
+        let meta = file.metadata().map_err(gone)?;
+        if !meta.file_type().is_file() || meta.mode() & 0o700 != 0o700 {
+            return Err(Unreadable(format!(
+                "{}: not a committed queue file",
+                path.display()
+            )));
+        }
+        // S12: committed (Assumption A1), and the inode asked for.
+        if ino.is_some_and(|i| i != meta.ino()) {
+            return Err(Unreadable(format!("{}: replaced", path.display())));
+        }
+        let len = meta.len();
+        let bad = |e: queue_format::Error| Unreadable(format!("{}: {e}", path.display()));
+        let mut rd = Reader::with_len(BufReader::new(&file), len, Mode::LOGICAL);
+        let env = read_envelope(&mut rd).map_err(bad)?;
+        env.check_complete().map_err(bad)?;
+        let mesg_at = env
+            .content_offset
+            .ok_or_else(|| Unreadable(format!("{}: no message content", path.display())))?;
+        let headers = if headers == Headers::Read {
+            // Reading stops at the first body line.
+            queue_format::queue_file::read_headers(&mut rd, mesg_at).map_err(bad)?
+        } else {
+            Vec::new()
+        };
+        drop(rd);
+        Ok(Message {
+            id: id.to_string(),
+            sender: String::from_utf8_lossy(env.sender.as_deref().unwrap_or_default()).into_owned(),
+            recipients: env
+                .recipients
+                .iter()
+                .filter(|r| r.state == RecipientState::Todo)
+                .map(|r| String::from_utf8_lossy(&r.address).into_owned())
+                .collect(),
+            env,
+            headers,
+            ino: meta.ino(),
+            ctime_us: meta.ctime() * 1_000_000 + meta.ctime_nsec() / 1000,
+            file,
+            len,
+            mesg_at,
+        })
+    }
+
+    /// Runs `f` on the message content stream.
+    pub fn with_content<T, E: From<Unreadable>>(
+        &self,
+        f: impl FnOnce(&mut dyn Read) -> Result<T, E>,
+    ) -> Result<T, E> {
+        // The reader counts positions from where the file offset is.
+        (&self.file)
+            .seek(std::io::SeekFrom::Start(0))
+            .map_err(|e| Unreadable(format!("{}: {e}", self.id)))?;
+        let mut rd = Reader::with_len(
+            BufReader::with_capacity(64 * 1024, &self.file),
+            self.len,
+            Mode::LOGICAL,
+        );
+        let mut content = MessageContent::new(&mut rd, self.mesg_at)
+            .map_err(|e| Unreadable(format!("{}: {e}", self.id)))?;
+        f(&mut content)
+    }
+
+    /// The content's length in bytes (a read of the whole content).
+    pub fn content_len(&self) -> Result<u64, Unreadable> {
+        self.with_content(|r| {
+            std::io::copy(r, &mut std::io::sink())
+                .map_err(|e| Unreadable(format!("{}: {e}", self.id)))
+        })
+    }
+}
+
+/// What a rule sees of a message.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    /// Headers, unfolded, in order: (name, value).
+    pub headers: Vec<(String, String)>,
+    /// Envelope sender (empty for the null sender).
+    pub sender: String,
+    /// Envelope recipients still to deliver.
+    pub recipients: Vec<String>,
+    /// Message size in bytes (SIZE record).
+    pub size: u64,
+    /// Seconds since create_time.
+    pub age: u64,
+    /// Seconds since the message was put on hold.
+    pub held: u64,
+}
+
+impl Facts {
+    /// The first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What the rules need of the held message at `loc`: its inode, its
+/// facts, its commit time (ctime, µs) and whether it is a copy made by
+/// requeueing. `None` when the file is gone, not committed, or unreadable
+/// (a later event or scan brings it back).
+pub fn facts_of(cfg: &Config, loc: &Location) -> Option<(u64, Facts, i64, bool)> {
+    let path = cfg.queue_directory.join(loc.path());
+    let m = Message::open(&path, &loc.id, None, Headers::Read).ok()?;
+    let requeued = is_requeued_copy(&m.env);
+    let now = now();
+    let facts = Facts {
+        size: m.env.size.map_or(0, |s| s.data_size),
+        age: now
+            .saturating_sub(m.env.expiry_base().unwrap_or(now))
+            .max(0) as u64,
+        held: (now - m.ctime_us.div_euclid(1_000_000)).max(0) as u64,
+        sender: m.sender,
+        recipients: m.recipients,
+        headers: m.headers,
+    };
+    Some((m.ino, facts, m.ctime_us, requeued))
+}
