@@ -16,6 +16,7 @@ use posthold::config::Config;
 use posthold::queue::act::{Action, ReleaseTo};
 use posthold::queue::spool::Spool;
 use proptest::prelude::*;
+use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
 use queue_format::writer::Builder;
 
 use crate::common::*;
@@ -38,21 +39,6 @@ enum Op {
     HoldAll,
     /// A posthold process doing release ALL, killed after `micros`.
     KilledRelease(u64),
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        3 => Just(Op::Arrive),
-        3 => (0usize..8).prop_map(Op::Commit),
-        1 => (0usize..8).prop_map(Op::Lock),
-        1 => (0usize..8).prop_map(Op::Unlock),
-        1 => (0usize..8, any::<bool>()).prop_map(|(k, h)| Op::Postsuper(k, h)),
-        2 => (0usize..8).prop_map(Op::Release),
-        2 => (0usize..8).prop_map(Op::Hold),
-        1 => Just(Op::ReleaseAll),
-        1 => Just(Op::HoldAll),
-        1 => (0u64..20_000).prop_map(Op::KilledRelease),
-    ]
 }
 
 struct Msg {
@@ -144,13 +130,12 @@ impl World {
         }
     }
 
+    /// Applies `op`, whose preconditions ([`Reference::preconditions`])
+    /// hold: every step does what it says.
     fn step(&mut self, op: &Op) {
         let n = self.msgs.len();
         match op.clone() {
             Op::Arrive => {
-                if n >= 8 {
-                    return;
-                }
                 let b = Builder::new(now(), format!("s{n}@example.com"))
                     .recipient(format!("r{n}@example.net"))
                     .body_line(format!("message {n}"));
@@ -168,20 +153,20 @@ impl World {
                     lock: None,
                 });
             }
-            Op::Commit(k) if k < n && !self.msgs[k].committed => {
+            Op::Commit(k) => {
                 let p = self.s.q().join(&self.msgs[k].path);
                 std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).unwrap();
                 self.msgs[k].committed = true;
             }
-            Op::Lock(k) if k < n && self.msgs[k].lock.is_none() => {
+            Op::Lock(k) => {
                 let f = File::open(self.s.q().join(&self.msgs[k].path)).unwrap();
                 f.lock_shared().unwrap();
                 self.msgs[k].lock = Some(f);
             }
-            Op::Unlock(k) if k < n => {
+            Op::Unlock(k) => {
                 self.msgs[k].lock = None;
             }
-            Op::Postsuper(k, to_hold) if k < n && self.msgs[k].committed => {
+            Op::Postsuper(k, to_hold) => {
                 let m = &self.msgs[k];
                 let target = if to_hold {
                     format!("hold/{}", m.id)
@@ -200,7 +185,7 @@ impl World {
                     self.msgs[k].path = target;
                 }
             }
-            Op::Release(k) if k < n => {
+            Op::Release(k) => {
                 let id = self.msgs[k].id.clone();
                 self.run(
                     Action::Release {
@@ -213,7 +198,7 @@ impl World {
                     (m.id == id && m.path.starts_with("hold/")).then_some("incoming")
                 });
             }
-            Op::Hold(k) if k < n => {
+            Op::Hold(k) => {
                 let id = self.msgs[k].id.clone();
                 self.run(Action::Hold, std::slice::from_ref(&id));
                 self.after_posthold(|m| {
@@ -255,24 +240,139 @@ impl World {
                 // Restart: the state is derived from the spool again.
                 self.after_posthold(|_| None);
             }
-            _ => {}
         }
     }
 }
 
-proptest! {
+/// At most this many messages in one case.
+const MAX: usize = 8;
+
+/// What the generator knows of the world: per message, whether it is
+/// committed and whether another process holds a lock on it. Transitions
+/// are generated only where their preconditions hold, and shrinking keeps
+/// them true.
+#[derive(Debug, Clone, Default)]
+struct Model {
+    committed: Vec<bool>,
+    locked: Vec<bool>,
+}
+
+struct Reference;
+
+impl ReferenceStateMachine for Reference {
+    type State = Model;
+    type Transition = Op;
+
+    fn init_state() -> BoxedStrategy<Model> {
+        Just(Model::default()).boxed()
+    }
+
+    fn transitions(m: &Model) -> BoxedStrategy<Op> {
+        let n = m.committed.len();
+        let pick = |want: &dyn Fn(usize) -> bool| (0..n).filter(|&k| want(k)).collect::<Vec<_>>();
+        let uncommitted = pick(&|k| !m.committed[k]);
+        let committed = pick(&|k| m.committed[k]);
+        let unlocked = pick(&|k| !m.locked[k]);
+        let locked = pick(&|k| m.locked[k]);
+        let mut ops: Vec<(u32, BoxedStrategy<Op>)> = vec![
+            (1, Just(Op::ReleaseAll).boxed()),
+            (1, Just(Op::HoldAll).boxed()),
+            (1, (0u64..20_000).prop_map(Op::KilledRelease).boxed()),
+        ];
+        if n < MAX {
+            ops.push((3, Just(Op::Arrive).boxed()));
+        }
+        if n > 0 {
+            ops.push((2, (0..n).prop_map(Op::Release).boxed()));
+            ops.push((2, (0..n).prop_map(Op::Hold).boxed()));
+        }
+        if !uncommitted.is_empty() {
+            ops.push((
+                3,
+                prop::sample::select(uncommitted)
+                    .prop_map(Op::Commit)
+                    .boxed(),
+            ));
+        }
+        if !committed.is_empty() {
+            ops.push((
+                1,
+                (prop::sample::select(committed), any::<bool>())
+                    .prop_map(|(k, h)| Op::Postsuper(k, h))
+                    .boxed(),
+            ));
+        }
+        if !unlocked.is_empty() {
+            ops.push((1, prop::sample::select(unlocked).prop_map(Op::Lock).boxed()));
+        }
+        if !locked.is_empty() {
+            ops.push((1, prop::sample::select(locked).prop_map(Op::Unlock).boxed()));
+        }
+        prop::strategy::Union::new_weighted(ops).boxed()
+    }
+
+    fn preconditions(m: &Model, op: &Op) -> bool {
+        let n = m.committed.len();
+        match *op {
+            Op::Arrive => n < MAX,
+            Op::Commit(k) => k < n && !m.committed[k],
+            Op::Lock(k) => k < n && !m.locked[k],
+            Op::Unlock(k) => k < n && m.locked[k],
+            Op::Postsuper(k, _) => k < n && m.committed[k],
+            Op::Release(k) | Op::Hold(k) => k < n,
+            Op::ReleaseAll | Op::HoldAll | Op::KilledRelease(_) => true,
+        }
+    }
+
+    fn apply(mut m: Model, op: &Op) -> Model {
+        match *op {
+            Op::Arrive => {
+                m.committed.push(false);
+                m.locked.push(false);
+            }
+            Op::Commit(k) => m.committed[k] = true,
+            Op::Lock(k) => m.locked[k] = true,
+            Op::Unlock(k) => m.locked[k] = false,
+            Op::Postsuper(..)
+            | Op::Release(_)
+            | Op::Hold(_)
+            | Op::ReleaseAll
+            | Op::HoldAll
+            | Op::KilledRelease(_) => {}
+        }
+        m
+    }
+}
+
+/// The real spool, driven by the reference's transitions.
+struct SpoolTest;
+
+impl StateMachineTest for SpoolTest {
+    type SystemUnderTest = World;
+    type Reference = Reference;
+
+    fn init_test(_: &Model) -> World {
+        World::new()
+    }
+
+    fn apply(mut w: World, _: &Model, op: Op) -> World {
+        w.step(&op);
+        w
+    }
+
+    /// The spool invariants after every step, and the world agrees with
+    /// the model the generator used.
+    fn check_invariants(w: &World, m: &Model) {
+        w.check();
+        let committed: Vec<bool> = w.msgs.iter().map(|x| x.committed).collect();
+        let locked: Vec<bool> = w.msgs.iter().map(|x| x.lock.is_some()).collect();
+        assert_eq!((&committed, &locked), (&m.committed, &m.locked));
+    }
+}
+
+prop_state_machine! {
     #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn spool_invariants_hold_under_any_interleaving(ops in prop::collection::vec(op(), 1..30)) {
-        let t0 = std::time::Instant::now();
-        let mut w = World::new();
-        if std::env::var_os("MODEL_TIMING").is_some() { eprintln!("new {:?}", t0.elapsed()); }
-        for op in &ops {
-            let t = std::time::Instant::now();
-            w.step(op);
-            w.check();
-            if std::env::var_os("MODEL_TIMING").is_some() { eprintln!("{:?} {:?}", op, t.elapsed()); }
-        }
-    }
+    fn spool_invariants_hold_under_any_interleaving(sequential 1..30 => SpoolTest);
 }

@@ -358,7 +358,8 @@ action = "release"
         },
     );
     assert!(pf.held().is_empty(), "nothing left on hold");
-    let log = daemon.log();
+    // Stopped, so that every line it logged is flushed.
+    let (_, log) = daemon.term();
     assert!(
         log.contains("scanner=clamd, infected, virus=Posthold-Test-Eicar"),
         "{log}"

@@ -16,6 +16,7 @@
 //! * `watch`: the daemon end to end on a real Postfix: on-time delivery,
 //!   the maildrop loop, SIGKILL during a 1,000-message burst, SIGHUP,
 //!   metrics and status, the README's rules example;
+//! * `safety_doc`: every function and test SAFETY.md names exists;
 //! * `scan`: content scanners: real spamd and clamd, external commands and
 //!   fake servers that misbehave; the message stream equals `postcat -hb`.
 
@@ -31,5 +32,6 @@ mod fixtures;
 mod model;
 mod mover;
 mod postfix;
+mod safety_doc;
 mod scan;
 mod watch;

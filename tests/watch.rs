@@ -383,9 +383,20 @@ fn sigterm_during_a_big_scan_exits_promptly() {
             "1",
         ])
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(std::fs::File::create(s.cfg.path().join("watch.log")).unwrap());
     let mut child = c.spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(150));
+    // SIGTERM once the daemon has started (its handlers are installed
+    // before the "starting" line) and is busy with its first scan.
+    wait_until(
+        Instant::now() + Duration::from_secs(30),
+        "posthold watch started",
+        || {
+            std::fs::read_to_string(s.cfg.path().join("watch.log"))
+                .unwrap_or_default()
+                .contains("starting:")
+        },
+    );
+    std::thread::sleep(Duration::from_millis(50));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,

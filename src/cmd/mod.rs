@@ -20,6 +20,8 @@ pub mod scan;
 pub mod status;
 
 use crate::daemon::logger::LogTo;
+use crate::read::message::{Headers, Message};
+use crate::rules::{Judgement, Reason};
 
 /// Options every subcommand takes.
 #[derive(Debug, Args, Clone)]
@@ -344,13 +346,48 @@ fn cat_cmd(a: &CatArgs, out: &mut dyn Write) -> Result<i32, Fatal> {
         start_offset: a.start,
     };
     let common = a.common.clone();
-    cat::run(&a.files, a.queue, opts, || common.load(), out).map(|()| 0)
+    let names = if a.queue {
+        cat::Names::QueueIds
+    } else {
+        cat::Names::Files
+    };
+    cat::run(&a.files, names, opts, || common.load(), out).map(|()| 0)
 }
 
 /// `posthold list`.
 fn list_cmd(a: &ListArgs, out: &mut dyn Write) -> Result<i32, Fatal> {
     let cfg = a.common.load()?;
-    list::run(&cfg, &a.queues, a.json, a.extra, out).map(|_| 0)
+    // `--extra`'s due time is the daemon's own judgement under the default
+    // rules (bad dates and the horizon included).
+    let rules = crate::rules::Rules::default_rules();
+    let due_of = |path: &std::path::Path, id: &str| {
+        let m = Message::open(path, id, None, Headers::Read).ok()?;
+        let now = crate::util::now();
+        match rules.judge(&m.into_facts(now), &[], now) {
+            Judgement::Ruled(r) => match (r.due, r.reason) {
+                (Some(t), _) => Some(list::Due {
+                    at: Some(t),
+                    bad: false,
+                }),
+                (None, Reason::BadDate { .. }) => Some(list::Due {
+                    at: None,
+                    bad: true,
+                }),
+                (None, Reason::BeyondHorizon { due, .. }) => Some(list::Due {
+                    at: Some(due),
+                    bad: true,
+                }),
+                _ => None,
+            },
+            Judgement::Scan(_) => None,
+        }
+    };
+    let format = match (a.json, a.extra) {
+        (false, _) => list::Format::Text,
+        (true, false) => list::Format::Json,
+        (true, true) => list::Format::JsonExtra(&due_of),
+    };
+    list::run(&cfg, &a.queues, format, out).map(|_| 0)
 }
 
 /// `posthold release`.

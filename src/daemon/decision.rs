@@ -48,6 +48,17 @@ pub struct Brain {
     pub queues: Vec<Sender<Job>>,
 }
 
+impl Brain {
+    /// The first generation of `rules`; scanners not started yet.
+    pub fn new(rules: Rules) -> Brain {
+        Brain {
+            rules,
+            generation: 1,
+            queues: Vec::new(),
+        }
+    }
+}
+
 /// A scan to run.
 #[derive(Debug)]
 pub struct Job {

@@ -17,7 +17,7 @@ use super::board::Board;
 use super::decision::{Brain, Decision, Work};
 use super::logger::Logger;
 use super::parser::look;
-use super::scanners::{ScanCtx, check_scanner_users, start_scanners};
+use super::scanners::{RunsAs, ScanCtx, check_scanner_users, start_scanners};
 use super::scheduler::{Due, Scheduler};
 use crate::error::Fatal;
 use crate::queue::spool::Location;
@@ -54,8 +54,8 @@ pub struct Events {
     pub scan_threads: Vec<JoinHandle<()>>,
     /// The rules file.
     pub rules_path: Option<PathBuf>,
-    /// Whether the daemon dropped root.
-    pub dropped: bool,
+    /// Whom the daemon runs as.
+    pub runs_as: RunsAs,
     /// How often to forget mail that left hold.
     pub gc_interval: Duration,
 }
@@ -201,7 +201,7 @@ impl Events {
     fn reload(&mut self) {
         let owner = self.actor.spool.owner.0;
         let loaded = Rules::load(self.rules_path.as_deref())
-            .and_then(|r| check_scanner_users(&r, self.dropped, owner).map(|()| r));
+            .and_then(|r| check_scanner_users(&r, self.runs_as, owner).map(|()| r));
         let r = match loaded {
             Ok(r) => r,
             Err(e) => {

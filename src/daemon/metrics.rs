@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::error::Fatal;
+use crate::queue::walk::{Descend, walk};
 
 /// Daemon state shared with the metrics endpoint.
 #[derive(Debug, Default)]
@@ -76,23 +77,13 @@ impl Shared {
 pub const AGE_BUCKETS: &[u64] = &[60, 600, 3600, 6 * 3600, 86400, 3 * 86400, 7 * 86400];
 
 fn hold_ages(cfg: &Config, now: i64) -> Vec<u64> {
-    let mut ages = Vec::new();
-    let mut dirs = vec![cfg.queue_directory.join("hold")];
-    while let Some(d) = dirs.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let Ok(m) = e.metadata() else { continue };
-            let name = e.file_name();
-            if m.is_dir() && name.len() == 1 {
-                dirs.push(e.path());
-            } else if m.is_file() && m.mode() & 0o700 == 0o700 {
-                ages.push((now - m.ctime()).max(0) as u64);
-            }
-        }
-    }
-    ages
+    walk(cfg, "hold", Descend::HashDirs)
+        .flatten()
+        .filter(|f| f.file_type.is_file())
+        .filter_map(|f| std::fs::symlink_metadata(&f.path).ok())
+        .filter(|m| m.mode() & 0o700 == 0o700)
+        .map(|m| (now - m.ctime()).max(0) as u64)
+        .collect()
 }
 
 /// The longest a walk of the hold queue is reused: a scrape must not cost a

@@ -45,7 +45,6 @@ pub mod watcher;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
-use std::thread::{JoinHandle, spawn};
 use std::time::Duration;
 
 use crossbeam_channel::bounded;
@@ -56,6 +55,7 @@ use crate::queue::spool::Spool;
 use crate::rules::Rules;
 use decision::{Brain, Decision, Work};
 use logger::{LogTo, Logger};
+use scanners::RunsAs;
 
 /// Daemon options.
 #[derive(Debug, Clone)]
@@ -79,18 +79,9 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
     let log = Logger::new(opts.log_to);
     let rules = Rules::load(opts.rules.as_deref())?;
     let spool = Spool::open(cfg.clone())?;
-    let dropped = opts.drop_privileges && nix::unistd::geteuid().is_root();
-    scanners::check_scanner_users(&rules, dropped, spool.owner.0)?;
-    let (stop, hup) = (flag(), flag());
-    signals(&stop, &hup)?;
-    // Made now, while root: after the drop mail_owner cannot create it in
-    // the root-owned queue directory.
-    if let Err(e) = crate::queue::act::ensure_quarantine(&spool) {
-        log.log(&format!("warning: quarantine directory: {e}"));
-    }
-    if dropped {
-        drop_privileges(spool.owner)?;
-    }
+    let runs_as = RunsAs::asked(opts.drop_privileges);
+    scanners::check_scanner_users(&rules, runs_as, spool.owner.0)?;
+    let (stop, hup) = start(&spool, runs_as, &log)?;
     log.log(&format!(
         "starting: queue {}, {} rules, scan every {}s",
         cfg.queue_directory.display(),
@@ -98,23 +89,12 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
         opts.scan_interval.as_secs()
     ));
     let shared = Arc::new(Mutex::new(metrics::Shared::default()));
-    let metrics_thread = match opts.metrics {
-        Some(addr) => Some(metrics::serve(
-            addr,
-            cfg.clone(),
-            Arc::clone(&shared),
-            Arc::clone(&stop),
-        )?),
-        None => None,
-    };
+    let serve = |addr| metrics::serve(addr, cfg.clone(), Arc::clone(&shared), Arc::clone(&stop));
+    let metrics_thread = opts.metrics.map(serve).transpose()?;
     let (work_tx, work_rx) = bounded::<Work>(4096);
     let (dec_tx, dec_rx) = bounded::<Decision>(4096);
     let board = Arc::new(board::Board::default());
-    let brain = Arc::new(RwLock::new(Brain {
-        rules,
-        generation: 1,
-        queues: Vec::new(),
-    }));
+    let brain = Arc::new(RwLock::new(Brain::new(rules)));
     let scan_ctx = Arc::new(scanners::ScanCtx {
         cfg: cfg.clone(),
         brain: Arc::clone(&brain),
@@ -124,34 +104,25 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
         log: log.clone(),
         shared: Arc::clone(&shared),
     });
-    let mut scan_threads = Vec::new();
-    {
-        let mut b = brain.write().expect("BUG: rules lock poisoned");
-        b.queues = scanners::start_scanners(&scan_ctx, &b.rules, &mut scan_threads);
-    }
+    let scan_threads = scanners::start_all(&scan_ctx);
     let rescan = flag();
-    let (c, tx, s, r, l, every) = (
-        cfg.clone(),
+    let watcher = watcher::spawn(
+        &cfg,
         work_tx.clone(),
-        Arc::clone(&stop),
-        Arc::clone(&rescan),
-        log.clone(),
+        &stop,
+        &rescan,
         opts.scan_interval,
+        &log,
     );
-    let watcher = spawn(move || watcher::watcher(c, tx, s, r, every, l));
-    let parsers: Vec<JoinHandle<()>> = (0..opts.workers.max(1))
-        .map(|_| {
-            let (c, rx, tx, b, bd, s) = (
-                cfg.clone(),
-                work_rx.clone(),
-                dec_tx.clone(),
-                Arc::clone(&brain),
-                Arc::clone(&board),
-                Arc::clone(&stop),
-            );
-            spawn(move || parser::parser(c, rx, tx, b, bd, s))
-        })
-        .collect();
+    let parsers = parser::spawn(
+        opts.workers.max(1),
+        &cfg,
+        &work_rx,
+        &dec_tx,
+        &brain,
+        &board,
+        &stop,
+    );
     drop(dec_tx);
     let mut events = events::Events {
         sched: scheduler::Scheduler::new(log.clone(), Arc::clone(&shared)),
@@ -168,7 +139,7 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
         scan_ctx,
         scan_threads,
         rules_path: opts.rules.clone(),
-        dropped,
+        runs_as,
         gc_interval: opts.scan_interval,
     };
     let result = events.run();
@@ -188,6 +159,25 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
         let _ = t.join();
     }
     Ok(0)
+}
+
+/// Signal handlers, the quarantine directory (made now, while root: after
+/// the drop mail_owner cannot create it in the root-owned queue
+/// directory), then the privilege drop. Returns the stop and reload flags.
+fn start(
+    spool: &Spool,
+    runs_as: RunsAs,
+    log: &Logger,
+) -> Result<(Arc<AtomicBool>, Arc<AtomicBool>), Fatal> {
+    let (stop, hup) = (flag(), flag());
+    signals(&stop, &hup)?;
+    if let Err(e) = crate::queue::act::ensure_quarantine(spool) {
+        log.log(&format!("warning: quarantine directory: {e}"));
+    }
+    if runs_as == RunsAs::MailOwner {
+        drop_privileges(spool.owner)?;
+    }
+    Ok((stop, hup))
 }
 
 fn flag() -> Arc<AtomicBool> {

@@ -5,6 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -82,6 +83,25 @@ pub fn look(cfg: &Config, brain: &Brain, board: &Board, loc: &Location) -> Optio
             Some(d)
         }
     }
+}
+
+/// Starts `n` parser threads.
+pub fn spawn(
+    n: usize,
+    cfg: &Config,
+    rx: &Receiver<Work>,
+    tx: &Sender<Decision>,
+    brain: &Arc<RwLock<Brain>>,
+    board: &Arc<Board>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<JoinHandle<()>> {
+    (0..n)
+        .map(|_| {
+            let (c, rx, tx) = (cfg.clone(), rx.clone(), tx.clone());
+            let (b, bd, s) = (Arc::clone(brain), Arc::clone(board), Arc::clone(stop));
+            std::thread::spawn(move || parser(c, rx, tx, b, bd, s))
+        })
+        .collect()
 }
 
 /// One parser thread: looks at each message it is sent until the daemon

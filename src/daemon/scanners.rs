@@ -198,6 +198,15 @@ fn scan_worker(ctx: Arc<ScanCtx>, rx: Receiver<Job>) {
     }
 }
 
+/// Starts the scan workers of the rules in force and gives the rules their
+/// queues; returns the workers.
+pub fn start_all(ctx: &Arc<ScanCtx>) -> Vec<std::thread::JoinHandle<()>> {
+    let mut threads = Vec::new();
+    let mut b = ctx.brain.write().expect("BUG: rules lock poisoned");
+    b.queues = start_scanners(ctx, &b.rules, &mut threads);
+    threads
+}
+
 /// Starts the scan workers of a rule set; returns their queues.
 pub fn start_scanners(
     ctx: &Arc<ScanCtx>,
@@ -216,16 +225,37 @@ pub fn start_scanners(
     queues
 }
 
+/// Whom the daemon runs as once started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunsAs {
+    /// It keeps the rights it was started with (`--no-drop-privileges`).
+    Caller,
+    /// It drops root for mail_owner.
+    MailOwner,
+}
+
+impl RunsAs {
+    /// Whom the daemon will run as: mail_owner when asked to drop
+    /// privileges and started as root.
+    pub fn asked(drop_privileges: bool) -> RunsAs {
+        if drop_privileges && nix::unistd::geteuid().is_root() {
+            RunsAs::MailOwner
+        } else {
+            RunsAs::Caller
+        }
+    }
+}
+
 /// A command scanner's `user` needs root: refuse a rules file that asks
 /// for it when the daemon will run as mail_owner.
-pub fn check_scanner_users(rules: &Rules, will_drop: bool, owner: u32) -> Result<(), Fatal> {
+pub fn check_scanner_users(rules: &Rules, runs_as: RunsAs, owner: u32) -> Result<(), Fatal> {
     for sc in &rules.scanners {
         if let crate::scan::ScannerKind::Command {
             user: Some((name, uid, _)),
             ..
         } = &sc.kind
             && *uid != owner
-            && (will_drop || !nix::unistd::geteuid().is_root())
+            && (runs_as == RunsAs::MailOwner || !nix::unistd::geteuid().is_root())
         {
             return Err(Fatal::config(format!(
                 "scanner {}: user {name} needs the daemon to run as root (--no-drop-privileges)",

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -42,6 +43,24 @@ pub fn scan_hold(cfg: &Config, tx: &Sender<Work>, stop: &AtomicBool) -> bool {
         }
     }
     true
+}
+
+/// Starts the watcher thread.
+pub fn spawn(
+    cfg: &Config,
+    tx: Sender<Work>,
+    stop: &Arc<AtomicBool>,
+    rescan: &Arc<AtomicBool>,
+    interval: Duration,
+    log: &Logger,
+) -> JoinHandle<()> {
+    let (c, s, r, l) = (
+        cfg.clone(),
+        Arc::clone(stop),
+        Arc::clone(rescan),
+        log.clone(),
+    );
+    std::thread::spawn(move || watcher(c, tx, s, r, interval, l))
 }
 
 /// Watches `hold/` until `stop` is set; a scan when `rescan` is set and

@@ -406,7 +406,7 @@ pub fn postcat<R: Read + Seek>(
 /// writing to `out`. Warnings go to stderr, as postcat's do.
 pub fn run(
     args: &[String],
-    search_queue: bool,
+    names: Names,
     opts: Options,
     config: impl FnOnce() -> Result<Config, Fatal>,
     out: &mut dyn Write,
@@ -420,7 +420,7 @@ pub fn run(
             .map_err(|e| Fatal::runtime(format!("read stdin: {e}")))?;
         return postcat(Cursor::new(data), "stdin", opts, &mut sink);
     }
-    if search_queue {
+    if names == Names::QueueIds {
         // Names become paths: refuse anything that is not a legal queue ID
         // before touching the configuration or the file system.
         if let Some(bad) = args.iter().find(|id| !queue_format::queue_id::is_legal(id)) {
@@ -448,6 +448,15 @@ pub fn run(
         postcat(BufReader::new(f), name, opts, &mut sink)?;
     }
     Ok(())
+}
+
+/// What `cat`'s arguments name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Names {
+    /// Files (postcat's default).
+    Files,
+    /// Queue IDs, searched in the queues (postcat -q).
+    QueueIds,
 }
 
 #[cfg(test)]

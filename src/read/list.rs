@@ -46,28 +46,34 @@ pub struct Message {
     pub recipients: Vec<(String, String)>,
     /// `create_time` attribute, if any (posthold's own member).
     pub create_time: Option<i64>,
-    /// The due time from `X-Deliver-At` (else `Deferred-Delivery`), read
-    /// only for `--extra`: `None` without such a header, `Err(value)` when
-    /// it is not a usable date (posthold's own member).
-    pub deliver_at: Option<Result<i64, String>>,
+    /// The due time from `X-Deliver-At` (else `Deferred-Delivery`) as the
+    /// daemon's default rules judge it, read only for `--extra`: `None`
+    /// without such a header (posthold's own member).
+    pub deliver_at: Option<Due>,
 }
 
-/// Reads the headers of a queue file (never the body) and returns its due
-/// time as `posthold watch`'s default rules see it.
-pub fn due_of(path: &Path) -> Option<Result<i64, String>> {
-    let f = File::open(path).ok()?;
-    let len = f.metadata().ok()?.len();
-    let mut rd = Reader::with_len(BufReader::new(f), len, Mode::LOGICAL);
-    let env = queue_format::queue_file::read_envelope(&mut rd).ok()?;
-    let headers = queue_format::queue_file::read_headers(&mut rd, env.content_offset?).ok()?;
-    crate::rules::due::DUE_HEADERS.iter().find_map(|h| {
-        let (_, v) = headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(h))?;
-        Some(
-            crate::rules::due::parse(v)
-                .map(|t| t.timestamp())
-                .ok_or_else(|| v.clone()),
-        )
-    })
+/// How a listing is printed.
+pub enum Format<'a> {
+    /// `postqueue -p`'s text.
+    Text,
+    /// `postqueue -j`'s JSON lines.
+    Json,
+    /// JSON lines with posthold's own members after postqueue's; the
+    /// function gives a file's due time as the rules judge it (`None`
+    /// without a due header, `Err` for a bad date).
+    JsonExtra(&'a DueOf<'a>),
+}
+
+/// A queue file's due time as the rules judge it (see [`Format::JsonExtra`]).
+pub type DueOf<'a> = dyn Fn(&Path, &str) -> Option<Due> + 'a;
+
+/// A message's due header as the rules judge it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Due {
+    /// The date it names (seconds), when it can be read.
+    pub at: Option<i64>,
+    /// A bad date: unreadable, or beyond the horizon (the daemon keeps it).
+    pub bad: bool,
 }
 
 /// What the scan saw besides messages.
@@ -326,7 +332,7 @@ pub fn report(
 pub fn scan(
     cfg: &Config,
     queues: &[String],
-    with_due: bool,
+    due_of: Option<&DueOf<'_>>,
     mut each: impl FnMut(Message) -> Result<(), Fatal>,
 ) -> Result<Summary, Fatal> {
     for q in queues {
@@ -391,8 +397,8 @@ pub fn scan(
                 continue;
             };
             if let Some(mut m) = report(cfg, queue, name, file, &meta) {
-                if with_due {
-                    m.deliver_at = due_of(&path);
+                if let Some(due_of) = due_of {
+                    m.deliver_at = due_of(&path, name);
                 }
                 summary.listed += 1;
                 each(m)?;
@@ -437,8 +443,12 @@ pub fn to_json(m: &Message, utf8: bool, extra: bool) -> String {
             None => s.push_str(", \"create_time\": null"),
         }
         match &m.deliver_at {
-            Some(Ok(t)) => s.push_str(&format!(", \"deliver_at\": {t}, \"bad_date\": false")),
-            Some(Err(_)) => s.push_str(", \"deliver_at\": null, \"bad_date\": true"),
+            Some(Due { at: Some(t), bad }) => {
+                s.push_str(&format!(", \"deliver_at\": {t}, \"bad_date\": {bad}"))
+            }
+            Some(Due { at: None, bad }) => {
+                s.push_str(&format!(", \"deliver_at\": null, \"bad_date\": {bad}"))
+            }
             None => s.push_str(", \"deliver_at\": null, \"bad_date\": false"),
         }
     }
@@ -479,18 +489,19 @@ pub fn to_text(m: &Message) -> String {
 pub fn run(
     cfg: &Config,
     queues: &[String],
-    json: bool,
-    extra: bool,
+    format: Format<'_>,
     out: &mut dyn Write,
 ) -> Result<Summary, Fatal> {
     let utf8 = cfg.smtputf8_enable;
     let write_err = |e: std::io::Error| Fatal::runtime(format!("write error: {e}"));
-    let summary = scan(cfg, queues, json && extra, |m| {
-        if json {
-            writeln!(out, "{}", to_json(&m, utf8, extra)).map_err(write_err)
-        } else {
-            write!(out, "{}", to_text(&m)).map_err(write_err)
-        }
+    let due_of = match format {
+        Format::JsonExtra(f) => Some(f),
+        Format::Text | Format::Json => None,
+    };
+    let summary = scan(cfg, queues, due_of, |m| match format {
+        Format::Text => write!(out, "{}", to_text(&m)).map_err(write_err),
+        Format::Json => writeln!(out, "{}", to_json(&m, utf8, false)).map_err(write_err),
+        Format::JsonExtra(_) => writeln!(out, "{}", to_json(&m, utf8, true)).map_err(write_err),
     })?;
     out.flush().map_err(write_err)?;
     if summary.not_ready + summary.not_regular + summary.illegal > 0 {

@@ -185,16 +185,23 @@ pub fn facts_of(cfg: &Config, loc: &Location) -> Option<(u64, Facts, i64, bool)>
     let path = cfg.queue_directory.join(loc.path());
     let m = Message::open(&path, &loc.id, None, Headers::Read).ok()?;
     let requeued = is_requeued_copy(&m.env);
-    let now = now();
-    let facts = Facts {
-        size: m.env.size.map_or(0, |s| s.data_size),
-        age: now
-            .saturating_sub(m.env.expiry_base().unwrap_or(now))
-            .max(0) as u64,
-        held: (now - m.ctime_us.div_euclid(1_000_000)).max(0) as u64,
-        sender: m.sender,
-        recipients: m.recipients,
-        headers: m.headers,
-    };
-    Some((m.ino, facts, m.ctime_us, requeued))
+    let (ino, ctime_us) = (m.ino, m.ctime_us);
+    Some((ino, m.into_facts(now()), ctime_us, requeued))
+}
+
+impl Message {
+    /// What the rules see of this message at `now` (headers only if they
+    /// were read at open).
+    pub fn into_facts(self, now: i64) -> Facts {
+        Facts {
+            size: self.env.size.map_or(0, |s| s.data_size),
+            age: now
+                .saturating_sub(self.env.expiry_base().unwrap_or(now))
+                .max(0) as u64,
+            held: (now - self.ctime_us.div_euclid(1_000_000)).max(0) as u64,
+            sender: self.sender,
+            recipients: self.recipients,
+            headers: self.headers,
+        }
+    }
 }

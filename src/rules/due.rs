@@ -1,234 +1,74 @@
-//! Due times from headers, and the one judge of them ([`ruling`]): `X-Deliver-At:` and Outlook's `Deferred-Delivery:`.
-//!
-//! Accepted forms, after unfolding and trimming the value and removing RFC
-//! 5322 comments (`(UTC)`):
-//!
-//! * RFC 5322 dates, with or without the day of the week, with or without
-//!   seconds, with numeric zones or the obsolete names (`UT`, `GMT`, `EST`,
-//!   `PDT`, ...; military letters other than `Z` are taken as `-0000`, as
-//!   RFC 5322 advises);
-//! * ISO 8601 / RFC 3339: `2026-11-23T12:00:00Z`, `2026-11-23T12:00+01:00`,
-//!   `2026-11-23 12:00:00 +0100`; a date and time without a zone is UTC.
+//! The one judge of due dates ([`ruling`]): a scheduled release at the
+//! date in the rule's header, or a bad date (unreadable, empty or missing,
+//! or beyond the horizon) with the rules' `on_bad_date` verdict. The
+//! daemon, `posthold scan` and `list --extra` all come here through
+//! [`super::Rules::judge`]. Reading the date itself is
+//! [`crate::read::date`].
 //!
 //! When a message has several due-time headers, the **first** one in the
 //! header wins (the one nearest the top, which the last relay or the client
 //! wrote; later ones are older or duplicated). A header that does not parse
 //! does not fall back to another: the message is reported as malformed.
 
-use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
-
-use super::eval::{Rule, Rules, Ruling};
 use super::reason::Reason;
+use super::verdict::{Ruling, Verdict};
+use crate::read::date::parse;
 use crate::read::message::Facts;
 
 /// Headers that carry a due time, in order of preference when the rules do
 /// not name one.
 pub const DUE_HEADERS: &[&str] = &["X-Deliver-At", "Deferred-Delivery"];
 
-/// Removes RFC 5322 comments (nesting and quoted pairs respected).
-fn strip_comments(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut depth = 0usize;
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' if depth > 0 => {
-                chars.next();
-            }
-            '(' => depth += 1,
-            ')' if depth > 0 => depth -= 1,
-            _ if depth == 0 => out.push(c),
-            _ => {}
-        }
-    }
-    out
+/// The rules' settings for due dates.
+#[derive(Debug, Clone, Copy)]
+pub struct DueSettings<'a> {
+    /// Due times further ahead than this (seconds) are bad dates.
+    pub horizon: u64,
+    /// What to do with bad dates.
+    pub on_bad_date: &'a Verdict,
 }
 
-/// Unfolds a header value (folding white space becomes one space) and trims.
-pub fn unfold(value: &str) -> String {
-    value.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-fn obsolete_zone(z: &str) -> Option<&'static str> {
-    Some(match z.to_ascii_uppercase().as_str() {
-        "UT" | "UTC" | "GMT" | "Z" => "+0000",
-        "EST" => "-0500",
-        "EDT" => "-0400",
-        "CST" => "-0600",
-        "CDT" => "-0500",
-        "MST" => "-0700",
-        "MDT" => "-0600",
-        "PST" => "-0800",
-        "PDT" => "-0700",
-        z if z.len() == 1 && z.as_bytes()[0].is_ascii_alphabetic() => "-0000",
-        _ => return None,
-    })
-}
-
-fn rfc5322(s: &str) -> Option<DateTime<FixedOffset>> {
-    // Drop the day of the week, normalise the zone, add missing seconds.
-    let s = match s.split_once(',') {
-        Some((dow, rest))
-            if dow.trim().len() <= 9 && dow.trim().chars().all(|c| c.is_ascii_alphabetic()) =>
-        {
-            rest.trim()
-        }
-        _ => s,
-    };
-    let mut parts: Vec<String> = s.split_whitespace().map(str::to_string).collect();
-    if parts.len() == 4 {
-        parts.push("+0000".into()); // no zone: UTC
-    }
-    if parts.len() != 5 {
-        return None;
-    }
-    if let Some(z) = obsolete_zone(&parts[4]) {
-        parts[4] = z.to_string();
-    }
-    if parts[3].matches(':').count() == 1 {
-        parts[3].push_str(":00");
-    }
-    // Two-digit years (obsolete): 00-49 -> 20xx, 50-99 -> 19xx.
-    if parts[2].len() == 2
-        && let Ok(y) = parts[2].parse::<u32>()
-    {
-        parts[2] = (if y < 50 { 2000 + y } else { 1900 + y }).to_string();
-    }
-    let norm = parts.join(" ");
-    DateTime::parse_from_str(&norm, "%d %b %Y %H:%M:%S %z").ok()
-}
-
-fn iso8601(s: &str) -> Option<DateTime<FixedOffset>> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Some(t);
-    }
-    let s = s.replacen(' ', "T", 1);
-    for fmt in [
-        "%Y-%m-%dT%H:%M:%S%z",
-        "%Y-%m-%dT%H:%M%z",
-        "%Y-%m-%dT%H:%M:%S %z",
-        "%Y-%m-%dT%H:%M %z",
-        "%Y-%m-%dT%H:%M:%S%:z",
-        "%Y-%m-%dT%H:%M%:z",
-    ] {
-        if let Ok(t) = DateTime::parse_from_str(&s, fmt) {
-            return Some(t);
-        }
-    }
-    let s = s.trim_end_matches('Z');
-    for fmt in [
-        "%Y-%m-%dT%H:%M:%S",
-        "%Y-%m-%dT%H:%M",
-        "%Y-%m-%dT%H:%M:%S%.f",
-    ] {
-        if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
-            return Some(Utc.from_utc_datetime(&t).fixed_offset());
-        }
-    }
-    None
-}
-
-/// Parses a due-time header value; `None` when it is empty or not a date.
-pub fn parse(value: &str) -> Option<DateTime<FixedOffset>> {
-    let v = unfold(&strip_comments(&unfold(value)));
-    if v.is_empty() {
-        return None;
-    }
-    rfc5322(&v).or_else(|| iso8601(&v))
-}
-
-/// The one judge of a due date, for the rule `rule` that releases at the
-/// date in `header`: a scheduled release at that time; or, for a value that
+/// The one judge of a due date, for the rule named `rule` whose verdict
+/// `release` releases at the date in `header`: a scheduled release at that time; or, for a value that
 /// does not parse (empty or missing included) or a date beyond the rules'
 /// horizon, the rules' `on_bad_date` verdict with the reason why.
-pub fn ruling(rules: &Rules, rule: &Rule, header: &str, f: &Facts, now: i64) -> Ruling {
+pub fn ruling(
+    rule: &str,
+    release: &Verdict,
+    header: &str,
+    f: &Facts,
+    settings: DueSettings<'_>,
+    now: i64,
+) -> Ruling {
     let value = f.header(header).unwrap_or("");
     let bad = |reason| Ruling {
-        verdict: rules.on_bad_date.clone(),
+        verdict: settings.on_bad_date.clone(),
         due: None,
         reason,
     };
     match parse(value) {
         None => bad(Reason::BadDate {
-            rule: rule.name.clone(),
+            rule: rule.to_string(),
             header: header.to_string(),
             value: value.chars().take(80).collect(),
         }),
         Some(t)
-            if t.timestamp() > now.saturating_add(rules.horizon.min(i64::MAX as u64) as i64) =>
+            if t.timestamp() > now.saturating_add(settings.horizon.min(i64::MAX as u64) as i64) =>
         {
             bad(Reason::BeyondHorizon {
-                rule: rule.name.clone(),
+                rule: rule.to_string(),
                 header: header.to_string(),
                 at: t.to_rfc3339(),
+                due: t.timestamp(),
             })
         }
         Some(t) => Ruling {
-            verdict: rule.verdict.clone(),
+            verdict: release.clone(),
             due: Some(t.timestamp()),
             reason: Reason::Due {
                 header: header.to_string(),
-                rule: rule.name.clone(),
+                rule: rule.to_string(),
             },
         },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ts(v: &str) -> Option<i64> {
-        parse(v).map(|t| t.timestamp())
-    }
-
-    #[test]
-    fn rfc5322_and_what_clients_send() {
-        let t = 1_795_425_600; // 2026-11-23 09:20:00 UTC
-        assert_eq!(ts("Mon, 23 Nov 2026 09:20:00 +0000"), Some(t));
-        assert_eq!(ts("23 Nov 2026 09:20:00 +0000"), Some(t));
-        assert_eq!(
-            ts("Mon, 23 Nov 2026 09:20 +0000"),
-            Some(t),
-            "missing seconds"
-        );
-        assert_eq!(
-            ts("Mon, 23 Nov 2026 04:20:00 EST"),
-            Some(t),
-            "obsolete zone"
-        );
-        assert_eq!(ts("Mon, 23 Nov 2026 09:20:00 GMT"), Some(t));
-        assert_eq!(ts("Mon, 23 Nov 2026 09:20:00 UT"), Some(t));
-        assert_eq!(
-            ts("  Mon, 23 Nov 2026\r\n\t09:20:00 +0000 (UTC)  "),
-            Some(t),
-            "folded, comment"
-        );
-        assert_eq!(ts("Mon, 23 Nov 2026 10:20:00 +0100"), Some(t));
-        assert_eq!(
-            ts("Mon, 23 Nov 26 09:20:00 +0000"),
-            Some(t),
-            "two-digit year"
-        );
-        assert_eq!(ts("2026-11-23T09:20:00Z"), Some(t), "RFC 3339");
-        assert_eq!(ts("2026-11-23T10:20:00+01:00"), Some(t));
-        assert_eq!(ts("2026-11-23 09:20:00"), Some(t), "no zone: UTC");
-        assert_eq!(ts("2026-11-23T09:20"), Some(t));
-        assert_eq!(ts("2026-11-23 10:20:00 +0100"), Some(t));
-    }
-
-    #[test]
-    fn garbage_is_none() {
-        for v in [
-            "",
-            "   ",
-            "tomorrow",
-            "32 Nov 2026 09:20:00 +0000",
-            "Mon, 23 Nov 2026 25:20:00 +0000",
-            "2026-13-01T00:00:00Z",
-            "Mon, 23 Foo 2026 09:20:00 +0000",
-        ] {
-            assert_eq!(parse(v), None, "{v:?}");
-        }
     }
 }

@@ -7,26 +7,10 @@ use std::sync::Arc;
 use regex::Regex;
 
 use super::Reason;
-use super::due;
+use super::due::{self, DueSettings};
+use super::verdict::{Ruling, Verdict};
 use crate::read::message::Facts;
 use crate::scan::{Answer, Scanner};
-
-/// What to do with a message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// Release now.
-    Release,
-    /// Requeue through maildrop now.
-    Requeue,
-    /// Return to sender (force-expire and release).
-    Expire,
-    /// Move to quarantine.
-    Quarantine,
-    /// Leave on hold.
-    Keep,
-    /// Release when the date in this header is reached.
-    ReleaseAt(String),
-}
 
 /// One compiled rule.
 #[derive(Debug, Clone)]
@@ -166,20 +150,6 @@ impl Rule {
     }
 }
 
-impl Verdict {
-    /// The action's name in the rules file.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Verdict::Release => "release",
-            Verdict::Requeue => "requeue",
-            Verdict::Expire => "expire",
-            Verdict::Quarantine => "quarantine",
-            Verdict::Keep => "keep",
-            Verdict::ReleaseAt(_) => "release-at",
-        }
-    }
-}
-
 /// The rules' answer for a message (see [`Rules::judge`]).
 #[derive(Debug)]
 pub enum Judgement {
@@ -187,17 +157,6 @@ pub enum Judgement {
     Scan(usize),
     /// Decided.
     Ruled(Ruling),
-}
-
-/// What to do with a message, when, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ruling {
-    /// What to do.
-    pub verdict: Verdict,
-    /// When (seconds since the epoch), for a scheduled release.
-    pub due: Option<i64>,
-    /// Why.
-    pub reason: Reason,
 }
 
 impl Rules {
@@ -275,7 +234,13 @@ impl Rules {
             Eval::Hold(reason) => keep(reason),
             Eval::Rule(None) => keep(Reason::NoRule),
             Eval::Rule(Some(rule)) => match &rule.verdict {
-                Verdict::ReleaseAt(h) => due::ruling(self, rule, h, f, now),
+                Verdict::ReleaseAt(h) => {
+                    let settings = DueSettings {
+                        horizon: self.horizon,
+                        on_bad_date: &self.on_bad_date,
+                    };
+                    due::ruling(&rule.name, &rule.verdict, h, f, settings, now)
+                }
                 v => Ruling {
                     verdict: v.clone(),
                     due: None,

@@ -9,7 +9,8 @@ use std::time::Duration;
 use regex::Regex;
 use serde::Deserialize;
 
-use super::eval::{Rule, Rules, ScanCond, Verdict};
+use super::eval::{Rule, Rules, ScanCond};
+use super::verdict::Verdict;
 use crate::config::parse_time;
 use crate::error::Fatal;
 use crate::scan::{Address, Scanner, ScannerKind};

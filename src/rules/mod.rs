@@ -33,10 +33,12 @@ pub mod due;
 mod eval;
 mod file;
 pub mod reason;
+mod verdict;
 
 pub use crate::read::message::Facts;
-pub use eval::{Eval, Judgement, Rule, Rules, Ruling, Verdict};
+pub use eval::{Eval, Judgement, Rule, Rules};
 pub use reason::Reason;
+pub use verdict::{Ruling, Verdict};
 
 #[cfg(test)]
 mod tests {

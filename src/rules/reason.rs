@@ -40,6 +40,8 @@ pub enum Reason {
         header: String,
         /// The date, RFC 3339, in the header's own zone.
         at: String,
+        /// The same date in seconds.
+        due: i64,
     },
     /// Larger than the scanner's `max_size`: kept.
     ScanOversize {
@@ -118,7 +120,9 @@ impl fmt::Display for Reason {
                 header,
                 value,
             } => write!(f, ", rule={rule}, {header}={value:?}"),
-            Reason::BeyondHorizon { rule, header, at } => {
+            Reason::BeyondHorizon {
+                rule, header, at, ..
+            } => {
                 write!(f, ", rule={rule}, {header}={at}")
             }
             Reason::ScanOversize {
