@@ -87,8 +87,14 @@ pub fn parse_time(value: &str, default_unit: char) -> Option<u64> {
         'w' => 7 * 86400,
         _ => return None,
     };
-    n.checked_mul(mult)
+    // Capped: no duration a setting or an argument names is longer than
+    // [`MAX_TIME`], so that adding it to a clock never overflows.
+    Some(n.saturating_mul(mult).min(MAX_TIME))
 }
+
+/// The longest duration posthold takes from a setting or an argument: 100
+/// years, in seconds. Longer values are taken as this.
+pub const MAX_TIME: u64 = 100 * 366 * 86400;
 
 fn parse_bool(v: &str) -> bool {
     v.trim().eq_ignore_ascii_case("yes") || v.trim().eq_ignore_ascii_case("true")
@@ -227,6 +233,8 @@ mod tests {
         assert_eq!(parse_time("1w", 'd'), Some(604800));
         assert_eq!(parse_time("x", 'd'), None);
         assert_eq!(parse_time("", 'd'), None);
+        assert_eq!(parse_time("18000000000000000000s", 's'), Some(MAX_TIME));
+        assert_eq!(parse_time("99999999999999999w", 's'), Some(MAX_TIME));
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! posthold's integration tests: one binary, a table of contents.
 //!
+//! * `audit`: one regression test per defect the safety audit of the mover
+//!   and the daemon found (each failed on the code that had it);
 //! * `fixtures`: posthold against the reference outputs captured from a real
 //!   Postfix 3.7 (`fixtures/`), and against live `postcat` on the same files
 //!   with many option combinations;
@@ -26,6 +28,7 @@
 
 mod common;
 
+mod audit;
 mod bad_input;
 mod crash;
 mod fixtures;

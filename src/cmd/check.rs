@@ -53,8 +53,25 @@ pub fn check(spool: &Spool, repair: Repair, not_ready_after: u64) -> Vec<Finding
     let mut out = Vec::new();
     for &queue in CHECKED {
         for found in walk(&spool.cfg, queue, Descend::for_queue(&spool.cfg, queue)) {
-            // An unreadable directory is skipped here.
-            let Ok(found) = found else { continue };
+            // A directory that cannot be read is a finding, never a silent
+            // all-clear (a quarantine not made yet is no finding).
+            let found = match found {
+                Ok(f) => f,
+                Err(e) if e.error.kind() == std::io::ErrorKind::NotFound && queue == QUARANTINE => {
+                    break;
+                }
+                Err(e) => {
+                    out.push(Finding {
+                        path: e.path.strip_prefix(&spool.cfg.queue_directory).map_or_else(
+                            |_| e.path.display().to_string(),
+                            |p| p.display().to_string(),
+                        ),
+                        problem: format!("cannot read: {}", e.error),
+                        repaired: None,
+                    });
+                    continue;
+                }
+            };
             if found.is_hash_dir() {
                 continue;
             }

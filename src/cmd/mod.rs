@@ -3,6 +3,7 @@
 //! Exit statuses: 0 done, 1 runtime failure, 2 usage or configuration.
 
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -20,7 +21,7 @@ pub mod scan;
 pub mod status;
 
 use crate::daemon::logger::LogTo;
-use crate::read::message::{Headers, Message};
+use crate::read::message::Message;
 use crate::rules::{Judgement, Reason};
 
 /// Options every subcommand takes.
@@ -92,9 +93,9 @@ struct ScanArgs {
     /// Only this scanner, without the rules: its result per message.
     #[arg(long, value_name = "NAME")]
     scanner: Option<String>,
-    /// Messages scanned at once (default: the scanner's concurrency, or 1).
-    #[arg(long, value_name = "N")]
-    jobs: Option<usize>,
+    /// Messages scanned at once, 1 to 256 (default: the scanner's concurrency, or 1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    jobs: Option<u16>,
     /// Queue IDs, - to read IDs from stdin, or ALL (the hold queue).
     #[arg(required = true)]
     ids: Vec<String>,
@@ -110,9 +111,9 @@ struct WatchArgs {
     /// Full rescan interval, a safety net besides inotify (Postfix time units).
     #[arg(long, value_name = "AGE", default_value = "300s")]
     scan_interval: String,
-    /// Parser threads.
-    #[arg(long, default_value_t = 2)]
-    workers: usize,
+    /// Parser threads (1 to 256).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
+    workers: u16,
     /// Log to syslog (/dev/log, facility mail) instead of stderr.
     #[arg(long)]
     syslog: bool,
@@ -360,8 +361,16 @@ fn list_cmd(a: &ListArgs, out: &mut dyn Write) -> Result<i32, Fatal> {
     // `--extra`'s due time is the daemon's own judgement under the default
     // rules (bad dates and the horizon included).
     let rules = crate::rules::Rules::default_rules();
-    let due_of = |path: &std::path::Path, id: &str| {
-        let m = Message::open(path, id, None, Headers::Read).ok()?;
+    let root = match a.extra {
+        true => Some(
+            std::fs::File::open(&cfg.queue_directory)
+                .map_err(|e| Fatal::runtime(format!("{}: {e}", cfg.queue_directory.display())))?,
+        ),
+        false => None,
+    };
+    let due_of = |rel: &str, id: &str| {
+        let root = root.as_ref()?;
+        let m = Message::open_for_listing(root.as_fd(), rel, id).ok()?;
         let now = crate::util::now();
         match rules.judge(&m.into_facts(now), &[], now) {
             Judgement::Ruled(r) => match (r.due, r.reason) {
@@ -419,7 +428,7 @@ fn watch(a: &WatchArgs) -> Result<i32, Fatal> {
         crate::daemon::WatchOpts {
             rules: a.rules.clone(),
             scan_interval: std::time::Duration::from_secs(interval.max(1)),
-            workers: a.workers,
+            workers: usize::from(a.workers),
             log_to: if a.syslog {
                 LogTo::Syslog
             } else {
@@ -437,7 +446,7 @@ fn scan_cmd(a: &ScanArgs, out: &mut dyn Write) -> Result<i32, Fatal> {
     let spool = Spool::open(a.common.load()?)?;
     let opts = scan::ScanOpts {
         scanner: a.scanner.clone(),
-        jobs: a.jobs,
+        jobs: a.jobs.map(usize::from),
     };
     scan::run(&spool, rules, &a.ids, &opts, out)
 }

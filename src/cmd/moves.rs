@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, IsTerminal, Write};
 
 use crate::error::Fatal;
-use crate::queue::act::{Action, Outcome, Run, Triggers, act};
+use crate::queue::act::{Action, Outcome, Run, Status, Triggers, act};
 use crate::queue::spool::{Location, SEARCH_ORDER, Spool};
 use crate::util::{json_quote, printable};
 
@@ -98,6 +98,14 @@ pub fn run(
             "delete ALL deletes every message in hold, incoming, deferred and quarantine: add --yes",
         ));
     }
+    // S6: the queue lock for the whole run (the daemon waits meanwhile),
+    // taken before the targets are looked up, so that what is chosen and
+    // what is acted on are the same messages. A dry run takes no lock.
+    let exclusive = if opts.dry_run {
+        None
+    } else {
+        Some(spool.exclusive()?)
+    };
     let locs: Vec<Result<Location, String>> = match targets {
         None => action
             .sources()
@@ -121,19 +129,14 @@ pub fn run(
     };
     let total = locs.len();
     let mut write_error: Option<std::io::Error> = None;
-    // One posthold at a time changes the queue (the daemon waits meanwhile).
-    // While the lock is held, output to a pipe is kept in memory: a reader
-    // that stops reading (a pager) must not hold the daemon up.
-    let mut held_output: Option<Vec<u8>> = (!std::io::stdout().is_terminal()).then(Vec::new);
-    let exclusive = if opts.dry_run {
-        None
-    } else {
-        // S6: the queue lock for the whole run.
-        Some(spool.exclusive()?)
-    };
+    // Output is kept in memory until the moves are durable (the
+    // directories fsynced), and the queue lock is released: a reader that
+    // stops reading (a pager) must not hold the daemon up, and no line
+    // says "moved" before a power loss could no longer undo it.
+    let mut held_output: Vec<u8> = Vec::new();
     let progress = std::io::stderr().is_terminal() && total >= 1000;
     let mut trig = Triggers::default();
-    let (mut done, mut skipped) = (0usize, 0usize);
+    let (mut done, mut skipped, mut failed) = (0usize, 0usize, 0usize);
     let werr = |e: std::io::Error| Fatal::runtime(format!("write error: {e}"));
     // S8: each message is one independent action (a rename); no journal,
     // no state: a rerun after a crash decides again from the spool.
@@ -142,22 +145,13 @@ pub fn run(
             Ok(loc) => act(spool, action, loc, opts.run(), &mut trig),
             Err(id) => Outcome::missing(id),
         };
-        if o.done() {
-            done += 1;
-        } else {
-            skipped += 1;
+        match o.status {
+            Status::Done(_) => done += 1,
+            Status::Skipped(_) => skipped += 1,
+            Status::Failed(_) => failed += 1,
         }
-        // A broken output (`release ALL | head`) must not stop the work
-        // half way: the moved mail still needs its wake-up and fsync.
-        let target: &mut dyn Write = match held_output.as_mut() {
-            Some(b) => b,
-            None => &mut *out,
-        };
-        if write_error.is_none()
-            && let Err(e) = print(target, &o, action.name(), opts.json)
-        {
-            write_error = Some(e);
-        }
+        // Into memory: cannot fail.
+        let _ = print(&mut held_output, &o, action.name(), opts.json);
         if progress && (i + 1) % 1000 == 0 {
             eprint!("\rposthold: {}: {}/{total}", action.name(), i + 1);
         }
@@ -171,16 +165,20 @@ pub fn run(
     // One wake-up per service, after all moves (Postfix ignores failures).
     trig.send(&spool.cfg);
     drop(exclusive);
-    if let Some(b) = held_output.take()
-        && write_error.is_none()
-        && let Err(e) = out.write_all(&b)
-    {
+    // A broken output (`release ALL | head`) did not stop the work half
+    // way: the moved mail got its wake-up and fsync above.
+    if let Err(e) = out.write_all(&held_output) {
         write_error = Some(e);
     }
     let summary = format!(
-        "{}{}: {done} done, {skipped} skipped",
+        "{}{}: {done} done, {skipped} skipped{}",
         action.name(),
-        if opts.dry_run { " (dry run)" } else { "" }
+        if opts.dry_run { " (dry run)" } else { "" },
+        if failed > 0 {
+            format!(", {failed} failed")
+        } else {
+            String::new()
+        }
     );
     if let Some(e) = write_error {
         eprintln!("posthold: {summary}");
@@ -192,5 +190,5 @@ pub fn run(
         writeln!(out, "{summary}").map_err(werr)?;
     }
     out.flush().map_err(werr)?;
-    Ok(if skipped > 0 { 1 } else { 0 })
+    Ok(if skipped + failed > 0 { 1 } else { 0 })
 }

@@ -3,6 +3,7 @@
 //! only: nothing is moved.
 
 use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -45,11 +46,16 @@ fn locations(spool: &Spool, ids: &[String]) -> Result<(Vec<Location>, Vec<String
 /// One message through the rules, scanning as they ask: a line of output
 /// and whether every scan it needed succeeded. The decision is the
 /// daemon's own ([`Rules::judge`]), due dates included.
-fn judge(cfg: &Config, rules: &Rules, loc: &Location, stop: &AtomicBool) -> (String, bool) {
-    let Some((_, facts, _, _)) = facts_of(cfg, loc) else {
+fn judge(
+    cfg: &Config,
+    root: BorrowedFd<'_>,
+    rules: &Rules,
+    loc: &Location,
+    stop: &AtomicBool,
+) -> (String, bool) {
+    let Some((_, facts, _, _)) = facts_of(cfg, root, loc, rules.requeue_after) else {
         return (format!("{}: not readable or not committed", loc.id), false);
     };
-    let path = cfg.queue_directory.join(loc.path());
     let mut results: Vec<(usize, Answer)> = Vec::new();
     let mut said = Vec::new();
     loop {
@@ -69,7 +75,7 @@ fn judge(cfg: &Config, rules: &Rules, loc: &Location, stop: &AtomicBool) -> (Str
             }
             Judgement::Scan(si) => {
                 let sc = &rules.scanners[si];
-                let r = Message::open(&path, &loc.id, None, Headers::Skip)
+                let r = Message::open(root, &loc.path(), &loc.id, None, Headers::Skip)
                     .map_err(Failure::from)
                     .and_then(|m| sc.scan(&m, stop));
                 match r {
@@ -121,7 +127,7 @@ pub fn run(
         let _ = signal_hook::flag::register(sig, Arc::clone(&stop));
     }
     let cfg = &spool.cfg;
-    let qd = &cfg.queue_directory;
+    let root = spool.root.as_fd();
     std::thread::scope(|s| {
         for _ in 0..jobs {
             s.spawn(|| {
@@ -131,10 +137,9 @@ pub fn run(
                     let line = match only {
                         Some(si) => {
                             let sc = &rules.scanners[si];
-                            let r =
-                                Message::open(&qd.join(loc.path()), &loc.id, None, Headers::Skip)
-                                    .map_err(Failure::from)
-                                    .and_then(|m| sc.scan(&m, &stop));
+                            let r = Message::open(root, &loc.path(), &loc.id, None, Headers::Skip)
+                                .map_err(Failure::from)
+                                .and_then(|m| sc.scan(&m, &stop));
                             match r {
                                 Ok(o) => {
                                     (format!("{}: {}: {}", loc.id, sc.name, o.describe()), true)
@@ -145,7 +150,7 @@ pub fn run(
                                 ),
                             }
                         }
-                        None => judge(cfg, &rules, loc, &stop),
+                        None => judge(cfg, root, &rules, loc, &stop),
                     };
                     lines.lock().expect("BUG: lines poisoned")[i] = Some(line);
                 }

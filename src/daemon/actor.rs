@@ -1,7 +1,7 @@
 //! The scheduler's hands: carries out a [`Decision`] through
 //! [`crate::queue::act`] (gate, then mover) under the queue lock (S11),
-//! logs it and counts it. Wake-ups for qmgr and pickup and directory fsyncs
-//! are batched ([`Actor::flush`]).
+//! counts it, and logs it once it is durable: directory fsyncs, log lines
+//! and wake-ups for qmgr and pickup are batched ([`Actor::flush`]).
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -9,19 +9,29 @@ use std::sync::{Arc, Mutex};
 use super::decision::Decision;
 use super::logger::Logger;
 use super::metrics::Shared;
-use crate::queue::act::{self, Action, Run, Triggers};
+use super::scheduler::Failed;
+use crate::queue::MoveErrorKind;
+use crate::queue::act::{self, Action, Run, Skip, Status, Triggers};
+use crate::queue::gate::Refusal;
 use crate::queue::spool::Spool;
 use crate::rules::Verdict;
 use crate::util::{now, now_ms, rfc3339};
 
 /// What became of an action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Performed {
     /// Done, or nothing left to do (gone from hold meanwhile, or a keep).
     Done,
-    /// Not done, the message is still held (locked, raced, stopping):
-    /// the caller schedules a retry.
-    Failed,
+    /// Not done, the message is still held: the caller schedules a retry
+    /// and logs `line` when the scheduler says the failure is news.
+    Failed {
+        /// What went wrong (the part that stays the same between tries).
+        why: String,
+        /// The log line, if there is one to log.
+        line: Option<String>,
+        /// Whether it may heal by itself.
+        kind: Failed,
+    },
 }
 
 /// Acts on decisions.
@@ -32,6 +42,8 @@ pub struct Actor {
     metrics: Arc<Mutex<Shared>>,
     stop: Arc<AtomicBool>,
     trig: Triggers,
+    /// Lines of moves done, logged once the moves are durable.
+    pending: Vec<String>,
 }
 
 impl Actor {
@@ -48,6 +60,7 @@ impl Actor {
             metrics,
             stop,
             trig: Triggers::default(),
+            pending: Vec::new(),
         }
     }
 
@@ -78,11 +91,20 @@ impl Actor {
         // command run by hand to finish.
         let o = match self.spool.exclusive_until(&self.stop) {
             Ok(Some(_guard)) => act::act(&self.spool, &action, &d.loc, Run::Do, &mut self.trig),
-            Ok(None) => return Performed::Failed, // stopping: the next start decides again
+            // Stopping: the next start decides again.
+            Ok(None) => {
+                return Performed::Failed {
+                    why: "stopping".into(),
+                    line: None,
+                    kind: Failed::Transient,
+                };
+            }
             Err(e) => {
-                self.log
-                    .log(&format!("{}: {} not done: {e}", d.loc.id, action.name()));
-                return Performed::Failed;
+                return Performed::Failed {
+                    why: e.to_string(),
+                    line: Some(format!("{}: {} not done: {e}", d.loc.id, action.name())),
+                    kind: Failed::Transient,
+                };
             }
         };
         if o.not_found() {
@@ -106,27 +128,53 @@ impl Actor {
             .map(|t| format!(", due={}", rfc3339(t)))
             .unwrap_or_default();
         let held = d.held as i64 + (now() - d.decided).max(0);
-        self.log.log(&format!(
+        let line = format!(
             "{}: {}, {}{due}, held={held}s: {}",
             d.loc.id,
             action.name(),
             d.reason,
             o.status
-        ));
+        );
         if o.done() {
-            Performed::Done
-        } else {
-            Performed::Failed
+            // Reported once durable (Actor::flush).
+            self.pending.push(line);
+            return Performed::Done;
+        }
+        Performed::Failed {
+            why: o.status.to_string(),
+            line: Some(line),
+            kind: lasting_or_not(&o.status),
         }
     }
 
-    /// Sends the wake-ups due after a batch of actions, fsyncs the
-    /// directories the batch changed, and flushes the log.
+    /// Makes the batch's moves durable (fsync of every directory they
+    /// changed), only then logs them, and sends the wake-ups they need.
     pub fn flush(&mut self) {
+        if let Err(e) = self.spool.sync_dirs() {
+            self.log
+                .log(&format!("warning: fsync of queue directories: {e}"));
+        }
+        for line in self.pending.drain(..) {
+            self.log.log(&line);
+        }
         if self.trig.qmgr_incoming || self.trig.qmgr_deferred || self.trig.pickup {
             self.trig.send(&self.spool.cfg);
-            let _ = self.spool.sync_dirs();
-            self.log.flush();
         }
+        self.log.flush();
+    }
+}
+
+/// Whether a failure may heal by itself: a lock, a race or a file not yet
+/// committed may; two links, a wrong owner, a name that does not match its
+/// inode, damaged records or a directory that cannot be made do not.
+fn lasting_or_not(status: &Status) -> Failed {
+    match status {
+        Status::Skipped(Skip::Refused(
+            Refusal::Flocked | Refusal::FcntlLocked(_) | Refusal::NotReady(_) | Refusal::NotFound,
+        )) => Failed::Transient,
+        Status::Skipped(Skip::Unchanged(e)) if *e.kind() == MoveErrorKind::Raced => {
+            Failed::Transient
+        }
+        _ => Failed::Lasting,
     }
 }

@@ -3,6 +3,7 @@
 //! [`Scheduler`] (what is due when) and the [`Actor`] (the mover's only
 //! caller in the daemon); each event is one method.
 
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -127,12 +128,25 @@ impl Events {
             return; // made under rules since replaced: the rescan decides again
         }
         if let Some(d) = self.sched.decision(d, now_ms()) {
-            let requeue_after = self.requeue_after();
-            if self.actor.perform(&d, requeue_after) == Performed::Failed {
-                self.sched.move_failed(&d, now());
-            }
+            self.perform(&d);
             if self.decisions.is_empty() {
                 self.actor.flush();
+            }
+        }
+    }
+
+    /// Acts on `d` and tells the scheduler how it went; a failure is
+    /// logged when it is news (the first, or a different one).
+    fn perform(&mut self, d: &Decision) {
+        let requeue_after = self.requeue_after();
+        match self.actor.perform(d, requeue_after) {
+            Performed::Done => self.sched.done(d.ino),
+            Performed::Failed { why, line, kind } => {
+                if self.sched.move_failed(d, now(), &why, kind)
+                    && let Some(line) = line
+                {
+                    self.log.log(&line);
+                }
             }
         }
     }
@@ -164,21 +178,18 @@ impl Events {
             // S11: read again before a scheduled action.
             let again = look(
                 &self.actor.spool.cfg,
+                self.actor.spool.root.as_fd(),
                 &self.brain.read().expect("BUG: rules lock poisoned"),
                 &self.board,
                 &loc,
             );
             match again {
-                Some(d) if d.ino == ino && d.due.is_some_and(|t| t <= now()) => {
-                    let requeue_after = self.requeue_after();
-                    if self.actor.perform(&d, requeue_after) == Performed::Failed {
-                        // Locked or raced: try again shortly, not at the next scan.
-                        self.sched.move_failed(&d, now());
-                    }
-                }
+                // Still to be done: act (a failure is tried again with backoff).
+                Some(d) if d.ino == ino && Scheduler::acts_now(&d, now_ms()) => self.perform(&d),
                 // Changed meanwhile (rules, or not due after all): decide again.
                 Some(d) if d.ino == ino => self.decision(d),
-                _ => {} // gone, replaced or unreadable: the next event or scan decides
+                // Gone, replaced or unreadable: the next event or scan decides.
+                _ => self.sched.done(ino),
             }
         }
     }

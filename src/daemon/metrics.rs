@@ -28,6 +28,9 @@ pub struct Shared {
     pub next_due: Option<i64>,
     /// Messages kept because of a bad date (unparsable, empty, too far).
     pub bad_dates: usize,
+    /// Messages whose action the gate refuses for a lasting reason (two
+    /// links, a wrong owner, ...): retried with backoff, shown by `check`.
+    pub refused: usize,
     /// Actions done, by (action, reason).
     pub actions: BTreeMap<(String, String), u64>,
     /// Actions that failed (the message stayed where it was).
@@ -156,6 +159,8 @@ pub fn render(cfg: &Config, shared: &Shared, now: i64) -> String {
     ));
     s.push_str("# HELP posthold_bad_dates Messages kept because their due date is unusable.\n# TYPE posthold_bad_dates gauge\n");
     s.push_str(&format!("posthold_bad_dates {}\n", shared.bad_dates));
+    s.push_str("# HELP posthold_refused_messages Messages whose action is refused for a lasting reason (see posthold check).\n# TYPE posthold_refused_messages gauge\n");
+    s.push_str(&format!("posthold_refused_messages {}\n", shared.refused));
     s.push_str("# HELP posthold_actions_total Actions done, by action and reason.\n# TYPE posthold_actions_total counter\n");
     for ((a, r), n) in &shared.actions {
         s.push_str(&format!(

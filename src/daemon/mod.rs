@@ -78,7 +78,10 @@ pub struct WatchOpts {
 pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
     let log = Logger::new(opts.log_to);
     let rules = Rules::load(opts.rules.as_deref())?;
-    let spool = Spool::open(cfg.clone())?;
+    let mut spool = Spool::open(cfg.clone())?;
+    spool.recheck_always();
+    // One daemon per queue: kept locked until run() returns.
+    let _pid = spool.daemon_lock()?;
     let runs_as = RunsAs::asked(opts.drop_privileges);
     scanners::check_scanner_users(&rules, runs_as, spool.owner.0)?;
     let (stop, hup) = start(&spool, runs_as, &log)?;
@@ -95,8 +98,15 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
     let (dec_tx, dec_rx) = bounded::<Decision>(4096);
     let board = Arc::new(board::Board::default());
     let brain = Arc::new(RwLock::new(Brain::new(rules)));
+    let root = Arc::new(
+        spool
+            .root
+            .try_clone()
+            .map_err(|e| Fatal::config(format!("{}: {e}", cfg.queue_directory.display())))?,
+    );
     let scan_ctx = Arc::new(scanners::ScanCtx {
         cfg: cfg.clone(),
+        root: Arc::clone(&root),
         brain: Arc::clone(&brain),
         board: Arc::clone(&board),
         decisions: dec_tx.clone(),
@@ -117,6 +127,7 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
     let parsers = parser::spawn(
         opts.workers.max(1),
         &cfg,
+        &root,
         &work_rx,
         &dec_tx,
         &brain,
@@ -144,12 +155,12 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
     };
     let result = events.run();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    result?;
     log.log(&format!(
         "stopping: {} scheduled releases left to the next start",
         events.sched.scheduled()
     ));
     log.flush();
-    result?;
     drop(events.decisions);
     let threads = [watcher]
         .into_iter()

@@ -3,6 +3,7 @@
 //! same decision `posthold scan` makes), and send a [`Decision`] keyed by
 //! (queue ID, inode) to the scheduler, or a scan job to a scanner.
 
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
@@ -23,8 +24,15 @@ pub const BUSY_RETRY_SECS: i64 = 5;
 
 /// Applies the rules to a held file: the decision, or `None` if it is not
 /// ready or a scan was started (the scan worker then decides).
-pub fn look(cfg: &Config, brain: &Brain, board: &Board, loc: &Location) -> Option<Decision> {
-    let (ino, facts, committed_us, requeued_copy) = facts_of(cfg, loc)?;
+pub fn look(
+    cfg: &Config,
+    root: BorrowedFd<'_>,
+    brain: &Brain,
+    board: &Board,
+    loc: &Location,
+) -> Option<Decision> {
+    let (ino, facts, committed_us, requeued_copy) =
+        facts_of(cfg, root, loc, brain.rules.requeue_after)?;
     let results = if brain.rules.scanners.is_empty() {
         Vec::new()
     } else {
@@ -86,9 +94,11 @@ pub fn look(cfg: &Config, brain: &Brain, board: &Board, loc: &Location) -> Optio
 }
 
 /// Starts `n` parser threads.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     n: usize,
     cfg: &Config,
+    root: &Arc<OwnedFd>,
     rx: &Receiver<Work>,
     tx: &Sender<Decision>,
     brain: &Arc<RwLock<Brain>>,
@@ -97,9 +107,9 @@ pub fn spawn(
 ) -> Vec<JoinHandle<()>> {
     (0..n)
         .map(|_| {
-            let (c, rx, tx) = (cfg.clone(), rx.clone(), tx.clone());
+            let (c, r, rx, tx) = (cfg.clone(), Arc::clone(root), rx.clone(), tx.clone());
             let (b, bd, s) = (Arc::clone(brain), Arc::clone(board), Arc::clone(stop));
-            std::thread::spawn(move || parser(c, rx, tx, b, bd, s))
+            std::thread::spawn(move || parser(c, r, rx, tx, b, bd, s))
         })
         .collect()
 }
@@ -108,6 +118,7 @@ pub fn spawn(
 /// stops or the work channel closes.
 pub fn parser(
     cfg: Config,
+    root: Arc<OwnedFd>,
     rx: Receiver<Work>,
     tx: Sender<Decision>,
     brain: Arc<RwLock<Brain>>,
@@ -124,6 +135,7 @@ pub fn parser(
         // reading the message.
         let d = look(
             &cfg,
+            root.as_fd(),
             &brain.read().expect("BUG: rules lock poisoned"),
             &board,
             &loc,

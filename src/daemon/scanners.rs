@@ -6,6 +6,7 @@
 //! strikes) is quarantined. Results carry the rules generation: after
 //! SIGHUP, stale ones are dropped.
 
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -45,6 +46,8 @@ impl Drop for ClaimGuard<'_> {
 pub struct ScanCtx {
     /// Shared with the rest of the daemon.
     pub cfg: Config,
+    /// The queue directory, opened once: messages are read below it.
+    pub root: Arc<std::os::fd::OwnedFd>,
     /// Shared with the rest of the daemon.
     pub brain: Arc<RwLock<Brain>>,
     /// Shared with the rest of the daemon.
@@ -91,8 +94,13 @@ fn scan_worker(ctx: Arc<ScanCtx>, rx: Receiver<Job>) {
             }
             Arc::clone(&b.rules.scanners[si])
         };
-        let path = ctx.cfg.queue_directory.join(loc.path());
-        let msg = match Message::open(&path, &loc.id, Some(ino), Headers::Skip) {
+        let msg = match Message::open(
+            ctx.root.as_fd(),
+            &loc.path(),
+            &loc.id,
+            Some(ino),
+            Headers::Skip,
+        ) {
             Ok(m) => m,
             // Gone from hold, replaced or unreadable: the guard gives the
             // claim back; the next event or scan decides.
@@ -133,7 +141,7 @@ fn scan_worker(ctx: Arc<ScanCtx>, rx: Receiver<Job>) {
                     continue;
                 }
                 // The next rule may need another scanner: decide() queues it.
-                match look(&ctx.cfg, &b, &ctx.board, &loc) {
+                match look(&ctx.cfg, ctx.root.as_fd(), &b, &ctx.board, &loc) {
                     Some(d) => d,
                     None => continue,
                 }

@@ -21,8 +21,24 @@ use super::metrics::Shared;
 use crate::rules::Verdict;
 use crate::util::rfc3339;
 
-/// Seconds before a failed action (file locked, raced) is tried again.
+/// Seconds before a failed action (file locked, raced) is tried again the
+/// first time; each further failure doubles it, up to [`RETRY_MAX_SECS`].
 pub const RETRY_SECS: i64 = 5;
+
+/// The longest wait between two tries of a failed action.
+pub const RETRY_MAX_SECS: i64 = 3600;
+
+/// Whether a failed action may heal by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failed {
+    /// A lock, a race, a message not yet committed: tried again soon.
+    Transient,
+    /// Refused for what will not heal by itself (two links, a wrong owner,
+    /// a name that does not match the inode, damaged records, a directory
+    /// that cannot be made): tried again with backoff, counted, and shown
+    /// by `posthold check`.
+    Lasting,
+}
 
 /// What the scheduler remembers of a held message.
 #[derive(Debug)]
@@ -32,6 +48,11 @@ struct Entry {
     /// Due time in seconds when scheduled or retrying.
     due: i64,
     state: State,
+    /// Failed tries of its action so far (for the backoff).
+    tries: u8,
+    /// A hash of the last failure's text: a failure is logged when it
+    /// changes, not at every try.
+    last_failure: u64,
 }
 
 /// Where a held message stands.
@@ -43,6 +64,12 @@ enum State {
     KeepBad,
     /// A release (or a retried action) at `due`.
     Scheduled,
+    /// An action the gate refused for a lasting reason, tried again at
+    /// `due` (backing off).
+    Refused,
+    /// Handed to the caller to act on ([`Due::Act`]); the outcome says
+    /// what comes next ([`Scheduler::done`], [`Scheduler::move_failed`]).
+    Acting,
     /// Kept until `due`, then looked at again (a scan failed or waits).
     Retry,
     /// Sent to the parsers again; their decision replaces it.
@@ -61,8 +88,8 @@ pub enum Due {
         /// Queue ID.
         id: Box<str>,
     },
-    /// Read the message again and act if it is still due (the entry is
-    /// gone; [`Scheduler::move_failed`] brings it back on failure).
+    /// Read the message again and act if it is still due, then report
+    /// the outcome ([`Scheduler::done`] or [`Scheduler::move_failed`]).
     Act {
         /// Inode.
         ino: u64,
@@ -79,6 +106,8 @@ pub struct Scheduler {
     scheduled: usize,
     /// Entries in [`State::KeepBad`].
     bad: usize,
+    /// Entries in [`State::Refused`].
+    refused: usize,
     log: Logger,
     metrics: Arc<Mutex<Shared>>,
 }
@@ -92,28 +121,36 @@ impl Scheduler {
             heap: BinaryHeap::new(),
             scheduled: 0,
             bad: 0,
+            refused: 0,
             log,
             metrics,
         }
     }
 
     fn insert(&mut self, ino: u64, id: &str, due: i64, state: State) {
-        match state {
-            State::Scheduled => self.scheduled += 1,
-            State::KeepBad => self.bad += 1,
-            State::Keep | State::Retry | State::Looking => {}
-        }
-        if matches!(state, State::Scheduled | State::Retry) {
-            self.heap.push(Reverse((due * 1000, ino)));
-        }
-        self.entries.insert(
+        self.insert_entry(
             ino,
             Entry {
                 id: id.into(),
                 due,
                 state,
+                tries: 0,
+                last_failure: 0,
             },
         );
+    }
+
+    fn insert_entry(&mut self, ino: u64, e: Entry) {
+        match e.state {
+            State::Scheduled => self.scheduled += 1,
+            State::KeepBad => self.bad += 1,
+            State::Refused => self.refused += 1,
+            State::Keep | State::Retry | State::Looking | State::Acting => {}
+        }
+        if matches!(e.state, State::Scheduled | State::Retry | State::Refused) {
+            self.heap.push(Reverse((e.due * 1000, ino)));
+        }
+        self.entries.insert(ino, e);
     }
 
     fn remove(&mut self, ino: u64) -> Option<Entry> {
@@ -121,7 +158,8 @@ impl Scheduler {
         match e.state {
             State::Scheduled => self.scheduled -= 1,
             State::KeepBad => self.bad -= 1,
-            State::Keep | State::Retry | State::Looking => {}
+            State::Refused => self.refused -= 1,
+            State::Keep | State::Retry | State::Looking | State::Acting => {}
         }
         Some(e)
     }
@@ -130,16 +168,13 @@ impl Scheduler {
     /// after a re-read). Returns it when it must be acted on now; otherwise
     /// it is remembered (and logged when it changes something).
     pub fn decision(&mut self, d: Decision, now_ms: i64) -> Option<Decision> {
-        let now = now_ms.div_euclid(1000);
-        let state = match (&d.verdict, d.due) {
-            (Verdict::Keep, _) if d.retry_at.is_some() => Some(State::Retry),
-            (Verdict::Keep, _) if d.reason.is_bad_date() => Some(State::KeepBad),
-            (Verdict::Keep, _) => Some(State::Keep),
-            (Verdict::ReleaseAt(_), Some(due)) if due > now => Some(State::Scheduled),
-            _ => None, // act now
-        };
+        let state = classify(&d, now_ms);
         let prev = self.entries.get(&d.ino).filter(|e| *e.id == *d.loc.id);
-        if state.is_none() && prev.is_some_and(|p| p.state == State::Scheduled) {
+        if state.is_none()
+            && prev.is_some_and(|p| {
+                matches!(p.state, State::Scheduled | State::Refused | State::Acting)
+            })
+        {
             return None; // due or retrying: the heap acts on it, re-reading it first
         }
         let new_due = if state == Some(State::Retry) {
@@ -184,13 +219,20 @@ impl Scheduler {
                     ));
                 }
             }
-            State::Keep | State::KeepBad | State::Looking => self.log.log(&format!(
-                "{}: keep, {}, held={}s",
-                d.loc.id, d.reason, d.held
-            )),
+            State::Keep | State::KeepBad | State::Looking | State::Refused | State::Acting => {
+                self.log.log(&format!(
+                    "{}: keep, {}, held={}s",
+                    d.loc.id, d.reason, d.held
+                ))
+            }
         }
         self.insert(d.ino, &d.loc.id, due, s);
         None
+    }
+
+    /// Whether `d` is to be acted on now (not kept, not scheduled ahead).
+    pub fn acts_now(d: &Decision, now_ms: i64) -> bool {
+        classify(d, now_ms).is_none()
     }
 
     /// The next entry whose due time has passed at `now_ms`, if any.
@@ -213,11 +255,14 @@ impl Scheduler {
                         id: e.id.clone(),
                     });
                 }
-                State::Scheduled => {
-                    let e = self.remove(ino).expect("BUG: entry just seen");
-                    return Some(Due::Act { ino, id: e.id });
+                State::Scheduled | State::Refused => {
+                    let mut e = self.remove(ino).expect("BUG: entry just seen");
+                    let id = e.id.clone();
+                    e.state = State::Acting;
+                    self.insert_entry(ino, e);
+                    return Some(Due::Act { ino, id });
                 }
-                State::Keep | State::KeepBad | State::Looking => continue,
+                State::Keep | State::KeepBad | State::Looking | State::Acting => continue,
             }
         }
         None
@@ -238,19 +283,50 @@ impl Scheduler {
         }
     }
 
-    /// An action on `d` failed and the message is still held (locked,
-    /// raced): try again in [`RETRY_SECS`], not at the next scan. The entry
-    /// also stops our own inotify events from retrying at once.
-    pub fn move_failed(&mut self, d: &Decision, now: i64) {
-        self.remove(d.ino);
-        self.insert(d.ino, &d.loc.id, now + RETRY_SECS, State::Scheduled);
+    /// The action on `ino` was done, or there was nothing left to do (the
+    /// message left hold): forget it.
+    pub fn done(&mut self, ino: u64) {
+        self.remove(ino);
+    }
+
+    /// An action on `d` failed and the message is still held: try again
+    /// after [`RETRY_SECS`], doubling with each failure up to
+    /// [`RETRY_MAX_SECS`], not at every scan. The entry also stops our own
+    /// inotify events from retrying at once. Returns whether to log
+    /// `why`: on the first failure and whenever the failure changes, not
+    /// at every try.
+    pub fn move_failed(&mut self, d: &Decision, now: i64, why: &str, kind: Failed) -> bool {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        why.hash(&mut h);
+        let hash = h.finish();
+        let prev = self
+            .remove(d.ino)
+            .filter(|e| *e.id == *d.loc.id && e.tries > 0);
+        let tries = prev.as_ref().map_or(0, |e| e.tries).saturating_add(1);
+        let changed = prev.is_none_or(|e| e.last_failure != hash);
+        let wait = (RETRY_SECS << (tries - 1).min(20)).min(RETRY_MAX_SECS);
+        self.insert_entry(
+            d.ino,
+            Entry {
+                id: d.loc.id.as_str().into(),
+                due: now + wait,
+                state: match kind {
+                    Failed::Transient => State::Scheduled,
+                    Failed::Lasting => State::Refused,
+                },
+                tries,
+                last_failure: hash,
+            },
+        );
+        changed
     }
 
     /// The rules were reloaded: every decision is made again.
     pub fn reload(&mut self) {
         self.entries.clear();
         self.heap.clear();
-        (self.scheduled, self.bad) = (0, 0);
+        (self.scheduled, self.bad, self.refused) = (0, 0, 0);
     }
 
     /// Forgets messages that left hold by other means (postsuper, an
@@ -278,6 +354,11 @@ impl Scheduler {
         self.bad
     }
 
+    /// Messages whose action the gate refuses for a lasting reason.
+    pub fn refused(&self) -> usize {
+        self.refused
+    }
+
     /// Messages remembered.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -302,6 +383,20 @@ impl Scheduler {
         m.scheduled = self.scheduled;
         m.next_due = self.heap.peek().map(|Reverse((t, _))| t / 1000);
         m.bad_dates = self.bad;
+        m.refused = self.refused;
+    }
+}
+
+/// What a decision makes of a message: kept (and why), scheduled ahead,
+/// or `None`: to be acted on now.
+fn classify(d: &Decision, now_ms: i64) -> Option<State> {
+    let now = now_ms.div_euclid(1000);
+    match (&d.verdict, d.due) {
+        (Verdict::Keep, _) if d.retry_at.is_some() => Some(State::Retry),
+        (Verdict::Keep, _) if d.reason.is_bad_date() => Some(State::KeepBad),
+        (Verdict::Keep, _) => Some(State::Keep),
+        (Verdict::ReleaseAt(_), Some(due)) if due > now => Some(State::Scheduled),
+        _ => None, // act now
     }
 }
 
@@ -369,6 +464,8 @@ mod tests {
         );
         assert_eq!(s.scheduled(), 0);
         assert_eq!(s.next_due((NOW + 61) * 1000), None, "acted on once");
+        s.done(1);
+        assert!(s.is_empty());
     }
 
     #[test]
@@ -420,7 +517,7 @@ mod tests {
         let (mut s, _, _) = sched();
         let rel = d(7, Verdict::Release, None, Reason::Rule { rule: "r".into() });
         let act = s.decision(rel, NOW * 1000).unwrap();
-        s.move_failed(&act, NOW);
+        assert!(s.move_failed(&act, NOW, "locked", Failed::Transient));
         assert_eq!(s.scheduled(), 1);
         // Our own inotify event for the same message does not retry at once.
         assert_eq!(s.decision(act.clone(), NOW * 1000 + 10), None);
@@ -429,6 +526,45 @@ mod tests {
             s.next_due((NOW + RETRY_SECS) * 1000),
             Some(Due::Act { ino: 7, .. })
         ));
+        // Done at the second try: forgotten.
+        s.done(7);
+        assert!(s.is_empty());
+    }
+
+    // Audit defect 3: a refusal that does not heal was retried every 5 s
+    // and logged each time.
+    #[test]
+    fn a_lasting_refusal_backs_off_doubling_is_counted_and_logged_once() {
+        let (mut s, _, m) = sched();
+        let rel = d(
+            12,
+            Verdict::Release,
+            None,
+            Reason::Rule { rule: "r".into() },
+        );
+        let act = s.decision(rel, NOW * 1000).unwrap();
+        let mut now = NOW;
+        let mut logged = 0;
+        let mut waits = Vec::new();
+        for _ in 0..12 {
+            logged += usize::from(s.move_failed(&act, now, "file has 2 links", Failed::Lasting));
+            assert_eq!(s.refused(), 1);
+            assert_eq!(s.scheduled(), 0, "not a scheduled release");
+            let mut t = now;
+            while s.next_due(t * 1000).is_none() {
+                t += 1;
+            }
+            waits.push(t - now);
+            now = t;
+        }
+        assert_eq!(logged, 1, "logged once while the reason stays the same");
+        assert_eq!(&waits[..5], &[5, 10, 20, 40, 80], "doubling");
+        assert_eq!(*waits.last().unwrap(), RETRY_MAX_SECS, "capped");
+        assert!(s.move_failed(&act, now, "owned by uid 0, not mail_owner", Failed::Lasting));
+        s.publish();
+        assert_eq!(m.lock().unwrap().refused, 1);
+        s.done(12);
+        assert_eq!(s.refused(), 0);
     }
 
     #[test]

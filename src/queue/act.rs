@@ -10,7 +10,7 @@
 use std::fmt;
 
 use super::gate::{Admitted, Gate, Refusal};
-use super::relocate::{self, MoveError, Times};
+use super::relocate::{self, FileState, MoveError, Times};
 use super::spool::{Location, QUARANTINE, Spool};
 use super::trigger;
 use crate::util::now;
@@ -139,12 +139,16 @@ pub enum Skip {
     },
     /// The gate refused it (or it is not there).
     Refused(Refusal),
+    /// The move found something in its way before it changed anything
+    /// (the file raced away, the target name is taken, ...).
+    Unchanged(MoveError),
 }
 
-/// A change that failed.
+/// A change that failed part way: the error says what had changed and
+/// where the message is now.
 #[derive(Debug)]
 pub enum Failure {
-    /// The move (or mode change, or delete) failed.
+    /// The move (or mode change, or delete) failed after changing something.
     Move(MoveError),
     /// expire --release: marked for return to sender, then not moved.
     MarkedNotMoved(MoveError),
@@ -187,7 +191,8 @@ impl fmt::Display for Status {
                 write!(f, "skipped: in {queue}, not in {}", sources.join(" or "))
             }
             Status::Skipped(Skip::Refused(r)) => write!(f, "skipped: {r}"),
-            Status::Failed(Failure::Move(e)) => write!(f, "skipped: {e}"),
+            Status::Skipped(Skip::Unchanged(e)) => write!(f, "skipped: {e}"),
+            Status::Failed(Failure::Move(e)) => write!(f, "failed: {e}"),
             Status::Failed(Failure::MarkedNotMoved(e)) => {
                 write!(f, "marked for return to sender, not moved: {e}")
             }
@@ -236,13 +241,40 @@ impl Triggers {
 /// the settings say (a lifetime of 0 would give a threshold of 0).
 pub const REQUEUE_FLOOR: i64 = 2;
 
-/// Whether a message is itself a copy made by requeueing (pickup keeps the
-/// arrival time and gives a fresh create_time): such a message is never
-/// requeued again, so mail loops through maildrop at most once.
+/// The age (seconds since create_time) from which release sends a
+/// message round through maildrop rather than to incoming: `old_after`
+/// when given (`--old-after`, the rules' `requeue_after`), else half the
+/// message's lifetime (`bounce_queue_lifetime` for the null sender), never
+/// below [`REQUEUE_FLOOR`].
+pub fn requeue_threshold(
+    cfg: &crate::config::Config,
+    env: &queue_format::queue_file::Envelope,
+    old_after: Option<u64>,
+) -> i64 {
+    let null_sender = env.sender.as_deref().is_some_and(<[u8]>::is_empty);
+    let lifetime = if null_sender {
+        cfg.bounce_queue_lifetime
+    } else {
+        cfg.maximal_queue_lifetime
+    };
+    i64::try_from(old_after.unwrap_or(lifetime / 2))
+        .unwrap_or(i64::MAX)
+        .max(REQUEUE_FLOOR)
+}
+
+/// Whether a message is itself a copy made by requeueing: pickup keeps the
+/// arrival time (`T`) and gives a fresh create_time, and a message is sent
+/// round only once it is `threshold` old, so a copy's create_time lies at
+/// least `threshold` after its arrival. A message that merely took seconds
+/// between arrival and create_time (cleanup opens the file at the first
+/// valid RCPT, after DNSBL lookups, policy servers or a slow restriction;
+/// or pickup took it from maildrop late) is far below any threshold, and
+/// is no copy. Such a copy is never requeued again, so mail loops through
+/// maildrop at most once (the gap only grows with each trip).
 // S11: mail goes through maildrop at most once.
-pub fn is_requeued_copy(env: &queue_format::queue_file::Envelope) -> bool {
+pub fn is_requeued_copy(env: &queue_format::queue_file::Envelope, threshold: i64) -> bool {
     match (env.create_time, env.arrival) {
-        (Some(c), Some((t, _))) => c > t.saturating_add(1),
+        (Some(c), Some((t, _))) => c.saturating_sub(t) >= threshold.max(REQUEUE_FLOOR),
         _ => false,
     }
 }
@@ -257,19 +289,11 @@ fn release_target(
     if let Some(t) = to {
         return (t, String::new());
     }
-    let null_sender = adm.env.sender.as_deref().is_some_and(<[u8]>::is_empty);
-    let lifetime = if null_sender {
-        spool.cfg.bounce_queue_lifetime
-    } else {
-        spool.cfg.maximal_queue_lifetime
-    };
-    let threshold = i64::try_from(old_after.unwrap_or(lifetime / 2))
-        .unwrap_or(i64::MAX)
-        .max(REQUEUE_FLOOR);
+    let threshold = requeue_threshold(&spool.cfg, &adm.env, old_after);
     let age = adm.env.expiry_base().map_or(0, |t| now().saturating_sub(t));
     // A copy that already went through maildrop goes to incoming: at most
     // one loop, whatever the thresholds.
-    if age >= threshold && !is_requeued_copy(&adm.env) {
+    if age >= threshold && !is_requeued_copy(&adm.env, threshold) {
         (
             ReleaseTo::Maildrop,
             format!(
@@ -303,8 +327,10 @@ pub fn act(
         });
         return out;
     }
-    // S5, S6: the gate first; only then the mover.
-    let adm = match spool.admit(loc) {
+    // S5, S6: the gate first; only then the mover. A dry run takes no
+    // lock at all (S6): it must never make qmgr meet one.
+    let gate = if dry { Gate::Inspect } else { Gate::Move };
+    let adm = match spool.gate(loc, gate) {
         Ok(a) => a,
         Err(r) => {
             out.status = Status::Skipped(Skip::Refused(r));
@@ -327,7 +353,7 @@ pub fn act(
         Action::Restore => ("hold", Times::Keep, String::new()),
         Action::Expire { release } => {
             if !dry && let Err(e) = relocate::add_expire_bit(&adm) {
-                out.status = Status::Failed(Failure::Move(e));
+                out.status = failed(e);
                 return out;
             }
             if !*release {
@@ -342,7 +368,7 @@ pub fn act(
             } else {
                 match relocate::delete(spool, adm) {
                     Ok(()) => Status::Done("deleted".into()),
-                    Err(e) => Status::Failed(Failure::Move(e)),
+                    Err(e) => failed(e),
                 }
             };
             return out;
@@ -361,9 +387,20 @@ pub fn act(
         Err(e) if matches!(action, Action::Expire { release: true }) => {
             Status::Failed(Failure::MarkedNotMoved(e))
         }
-        Err(e) => Status::Failed(Failure::Move(e)),
+        Err(e) => failed(e),
     };
     out
+}
+
+/// A move error as a status: a skip when the message is still where it was
+/// (its mtime perhaps set, which the error says), else a failure that says
+/// where the message is now.
+fn failed(e: MoveError) -> Status {
+    if matches!(e.state(), FileState::Unchanged | FileState::TimesSet) {
+        Status::Skipped(Skip::Unchanged(e))
+    } else {
+        Status::Failed(Failure::Move(e))
+    }
 }
 
 /// `check --repair` for a file whose name does not match its inode: the
@@ -420,17 +457,32 @@ mod tests {
 
     #[test]
     fn requeued_copies_are_recognised_so_mail_loops_at_most_once() {
+        let day = 86400;
         assert!(
-            !is_requeued_copy(&env(1000, 1000)),
+            !is_requeued_copy(&env(1000, 1000), day),
             "cleanup writes both in one go"
         );
         assert!(
-            !is_requeued_copy(&env(1000, 1001)),
+            !is_requeued_copy(&env(1000, 1001), day),
             "a second boundary is not a requeue"
         );
+        // Audit defect 1: seconds of lag before cleanup opens the file (a
+        // slow RCPT stage) made a message look like a copy.
         assert!(
-            is_requeued_copy(&env(1000, 1000 + 3600)),
-            "pickup keeps T, renews create_time"
+            !is_requeued_copy(&env(1000, 1000 + 3), day),
+            "a slow RCPT stage is not a requeue"
+        );
+        assert!(
+            !is_requeued_copy(&env(1000, 1000 + 600), day),
+            "nor a pickup ten minutes late"
+        );
+        assert!(
+            is_requeued_copy(&env(1000, 1000 + 2 * day), day),
+            "pickup keeps T, renews create_time: the gap is at least the threshold"
+        );
+        assert!(
+            is_requeued_copy(&env(1000, 1000 + day), day),
+            "exactly the threshold"
         );
     }
 }

@@ -3,6 +3,7 @@
 //! itself, which Postfix never locks.
 
 use std::fs::File;
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -47,5 +48,65 @@ impl Spool {
                 }
             }
         }
+    }
+}
+
+/// The daemon's own pid file, `$queue_directory/pid/posthold-watch.pid`
+/// (where Postfix keeps `master.pid`), locked with a POSIX record lock for
+/// the daemon's whole life: a second `posthold watch` on the same queue
+/// finds the lock, and the lock names the daemon that holds it.
+pub const DAEMON_PID: &str = "pid/posthold-watch.pid";
+
+impl Spool {
+    /// Takes the daemon lock, or says which daemon holds it (exit 2). The
+    /// returned file must stay open while the daemon runs (closing any
+    /// descriptor of it would drop the lock).
+    pub fn daemon_lock(&self) -> Result<File, Fatal> {
+        use nix::fcntl::{FcntlArg, OFlag, fcntl};
+        use nix::sys::stat::Mode;
+        let path = self.cfg.queue_directory.join(DAEMON_PID);
+        let err = |e: nix::errno::Errno| Fatal::config(format!("{}: {e}", path.display()));
+        let dir = self.dir("pid").map_err(|e| {
+            Fatal::config(format!(
+                "{}: {e} (Postfix's pid directory; run postfix check)",
+                self.cfg.queue_directory.join("pid").display()
+            ))
+        })?;
+        let fd = nix::fcntl::openat(
+            &dir,
+            "posthold-watch.pid",
+            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o644),
+        )
+        .map_err(err)?;
+        let file = File::from(fd);
+        let mut fl = libc::flock {
+            l_type: libc::F_WRLCK as i16,
+            l_whence: libc::SEEK_SET as i16,
+            l_start: 0,
+            l_len: 0,
+            l_pid: 0,
+        };
+        match fcntl(&file, FcntlArg::F_SETLK(&fl)) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => {
+                let _ = fcntl(&file, FcntlArg::F_GETLK(&mut fl));
+                return Err(Fatal::config(format!(
+                    "{}: posthold watch is already running on this queue (pid {})",
+                    self.cfg.queue_directory.display(),
+                    fl.l_pid
+                )));
+            }
+            Err(e) => return Err(err(e)),
+        }
+        // The pid, for administrators; the lock is what counts. The file is
+        // posthold's own, not a queue file.
+        #[allow(clippy::disallowed_methods)]
+        file.set_len(0)
+            .map_err(|e| Fatal::config(format!("{}: {e}", path.display())))?;
+        (&file)
+            .write_all(format!("{}\n", std::process::id()).as_bytes())
+            .map_err(|e| Fatal::config(format!("{}: {e}", path.display())))?;
+        Ok(file)
     }
 }

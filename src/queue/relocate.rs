@@ -21,7 +21,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, RenameFlags, renameat2};
+use nix::fcntl::{AtFlags, OFlag, RenameFlags, openat, renameat2};
 use nix::sys::stat::{Mode, fchmod, fstatat, futimens, mkdirat};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fsync, unlinkat};
@@ -61,6 +61,8 @@ pub enum MoveErrorKind {
 pub enum FileState {
     /// Nothing: the file is unchanged and where it was.
     Unchanged,
+    /// Where it was, or wherever it raced to, with its times set to now.
+    TimesSet,
     /// Where it was, with its mode changed (the expire bit).
     ModeSet,
     /// Where it was, under its old name, but its defer, bounce and trace
@@ -68,6 +70,8 @@ pub enum FileState {
     LogsRenamed,
     /// Moved aside into quarantine, out of Postfix's sight (`delete`).
     MovedAside,
+    /// Still in quarantine, its logs removed (`delete`).
+    LogsRemoved,
     /// Renamed into its target queue.
     Moved,
 }
@@ -119,12 +123,20 @@ impl fmt::Display for MoveError {
         }
         match self.state {
             FileState::Unchanged => Ok(()),
+            FileState::TimesSet => write!(f, " (its mtime was set to now)"),
             FileState::ModeSet => write!(f, " (mode changed, still in {})", self.at.dir),
             FileState::LogsRenamed => write!(
                 f,
                 " (its logs already carry the new ID; the message is still {})",
                 self.at.path()
             ),
+            FileState::LogsRemoved => {
+                write!(
+                    f,
+                    " (its logs removed; the message is still {})",
+                    self.at.path()
+                )
+            }
             FileState::MovedAside | FileState::Moved => {
                 write!(f, " (the message is now {})", self.at.path())
             }
@@ -148,7 +160,9 @@ pub enum Times {
 /// A missing hash directory is made under a temporary name, given mode
 /// 0700 and mail_owner, fsync'ed, and only then renamed into place (without
 /// replacing): its final name never exists with the wrong owner, even after
-/// a crash, so qmgr can always move files out of it.
+/// a crash, so qmgr can always move files out of it. Every step works on
+/// the parent's handle, opened without following a symlink (S5): a
+/// symlinked component is refused, never followed out of the spool.
 fn target_dir(spool: &Spool, rel: &str, loc: &Location) -> Result<Rc<OwnedFd>, MoveError> {
     if let Ok(d) = spool.dir_cached(rel) {
         return Ok(d);
@@ -161,8 +175,13 @@ fn target_dir(spool: &Spool, rel: &str, loc: &Location) -> Result<Rc<OwnedFd>, M
             path.push('/');
         }
         path.push_str(part);
-        if spool.dir(&path).is_ok() {
-            continue;
+        match spool.dir(&path) {
+            Ok(_) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(io(format!("{path}: a symbolic link in the queue: refused")));
+            }
+            Err(e) => return Err(io(format!("{path}: {e}"))),
         }
         // Only hash levels (one character) and posthold's own quarantine
         // directory are ever created; a missing queue is a broken spool.
@@ -171,48 +190,52 @@ fn target_dir(spool: &Spool, rel: &str, loc: &Location) -> Result<Rc<OwnedFd>, M
                 "{path}: missing queue directory (run postfix check)"
             )));
         }
-        let tmp = format!(
-            "{}{}.posthold-mkdir-{}",
-            parent,
-            if parent.is_empty() { "" } else { "/" },
-            std::process::id()
-        );
-        match mkdirat(&spool.root, tmp.as_str(), Mode::from_bits_truncate(0o700)) {
+        let up = spool
+            .dir(if parent.is_empty() { "." } else { &parent })
+            .map_err(|e| io(format!("{parent}: {e}")))?;
+        let tmp = format!(".posthold-mkdir-{}", std::process::id());
+        let cannot = |e: Errno| {
+            io(format!(
+                "cannot create {path}: {e}{}",
+                if nix::unistd::geteuid().is_root() {
+                    ""
+                } else {
+                    " (posthold runs as mail_owner here: create it as root, or restart the daemon)"
+                }
+            ))
+        };
+        match mkdirat(&up, tmp.as_str(), Mode::from_bits_truncate(0o700)) {
             Ok(()) | Err(Errno::EEXIST) => {}
-            Err(e) => return Err(io(format!("mkdir {tmp}: {e}"))),
+            Err(e) => return Err(cannot(e)),
         }
-        let d = spool
-            .dir(&tmp)
-            .map_err(|e| io(format!("open {tmp}: {e}")))?;
-        fchown(
+        let d = openat(
+            &up,
+            tmp.as_str(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(cannot)?;
+        let made = fchown(
             &d,
             Some(Uid::from_raw(spool.owner.0)),
             Some(Gid::from_raw(spool.owner.1)),
         )
-        .map_err(|e| io(format!("chown {tmp}: {e}")))?;
         // Explicitly 0700 whatever the umask.
-        fchmod(&d, Mode::from_bits_truncate(0o700)).map_err(|e| io(format!("chmod {tmp}: {e}")))?;
-        fsync(&d).map_err(|e| io(format!("fsync {tmp}: {e}")))?;
-        match renameat2(
-            &spool.root,
-            tmp.as_str(),
-            &spool.root,
-            path.as_str(),
-            RenameFlags::RENAME_NOREPLACE,
-        ) {
+        .and_then(|()| fchmod(&d, Mode::from_bits_truncate(0o700)))
+        .and_then(|()| fsync(&d))
+        .and_then(|()| renameat2(&up, tmp.as_str(), &up, part, RenameFlags::RENAME_NOREPLACE));
+        match made {
             Ok(()) => {}
             // Someone (Postfix, another posthold) made it meanwhile: use theirs.
             Err(Errno::EEXIST | Errno::ENOTEMPTY) => {
-                let _ = unlinkat(&spool.root, tmp.as_str(), UnlinkatFlags::RemoveDir);
+                let _ = unlinkat(&up, tmp.as_str(), UnlinkatFlags::RemoveDir);
             }
             Err(e) => {
-                let _ = unlinkat(&spool.root, tmp.as_str(), UnlinkatFlags::RemoveDir);
-                return Err(io(format!("rename {tmp} to {path}: {e}")));
+                let _ = unlinkat(&up, tmp.as_str(), UnlinkatFlags::RemoveDir);
+                return Err(cannot(e));
             }
         }
-        if let Ok(p) = spool.dir(if parent.is_empty() { "." } else { &parent }) {
-            let _ = fsync(&p);
-        }
+        let _ = fsync(&up);
     }
     spool
         .dir_cached(rel)
@@ -230,8 +253,8 @@ pub fn ensure_quarantine(spool: &Spool) -> Result<(), MoveError> {
 }
 
 /// Moves an admitted file into `queue`, under the same name. Returns the
-/// new location. The flock taken by the gate is held throughout and
-/// released when the file is dropped at the end.
+/// new location. The flock taken by the gate is released before the
+/// rename (and before making a missing hash directory); see the steps.
 pub fn move_to(
     spool: &Spool,
     adm: Admitted,
@@ -245,54 +268,68 @@ pub fn move_to(
         dir: spool.queue_dir(queue, id),
         id: loc.id.clone(),
     };
-    // 1. Directory handles: source and target (created 0700 mail_owner).
+    // 1. The source directory's handle (checked against its path, S5).
     let src = spool
         .dir_cached(&loc.dir)
         .map_err(|e| MoveError::io(&loc, format!("open {}: {e}", loc.dir)))?;
+    // 2. S5, Assumption A2: the name still refers to the file we admitted
+    //    (postsuper or qmgr may have renamed or replaced it since the
+    //    gate). Checked before anything is changed, so a file that raced
+    //    away is left exactly as it is.
+    let still_ours = |src: &OwnedFd| {
+        fstatat(src, id, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .is_ok_and(|s| s.st_dev == adm.st.st_dev && s.st_ino == adm.st.st_ino)
+    };
+    if !still_ours(&src) {
+        return Err(MoveError::new(MoveErrorKind::Raced, &loc));
+    }
+    // 3. The target directory (created 0700 mail_owner). S6: a missing one
+    //    takes a mkdir and fsyncs; posthold's flock is released first, so
+    //    that a qmgr that wants the file never waits on us meanwhile.
+    if spool.dir_cached(&to.dir).is_err() {
+        let _ = adm.file.unlock();
+    }
     let dst = target_dir(spool, &to.dir, &loc)?;
     // S2: one file system. Checked here as well as by the kernel (EXDEV).
     if spool.dir_device(&to.dir) != Some(adm.st.st_dev) {
         return Err(MoveError::new(MoveErrorKind::CrossDevice, &loc));
     }
-    // 2. Times first, on the open file: if we crash before the rename the
-    //    file sits where it was with a new mtime, which no queue minds; so
-    //    the file arrives in its new queue already eligible.
+    // 4. Times, on the open file: if we crash before the rename the file
+    //    sits where it was with a new mtime, which no queue minds; so the
+    //    file arrives in its new queue already eligible. From here on a
+    //    failure says the times were set.
     let set_now = match times {
         Times::Keep => false,
         Times::Now => true,
         Times::NotInFuture => adm.st.st_mtime > crate::util::now(),
     };
-    if set_now {
+    let state = if set_now {
         let now = TimeSpec::UTIME_NOW;
         futimens(adm.file.as_fd(), &now, &now)
             .map_err(|e| MoveError::io(&loc, format!("utime: {e}")))?;
-    }
-    // 3. S5, Assumption A2: the name still refers to the file we admitted (postsuper or
-    //    qmgr may have renamed or replaced it since the gate).
-    match fstatat(&*src, id, AtFlags::AT_SYMLINK_NOFOLLOW) {
-        Ok(s) if s.st_dev == adm.st.st_dev && s.st_ino == adm.st.st_ino => {}
-        _ => return Err(MoveError::new(MoveErrorKind::Raced, &loc)),
-    }
-    // 4. S6: release posthold's flock before the file becomes visible in its
+        FileState::TimesSet
+    } else {
+        FileState::Unchanged
+    };
+    // 5. S6: release posthold's flock before the file becomes visible in its
     //    new queue: a qmgr scanning incoming or deferred that met our lock
     //    would log "skipped, still being delivered" and push the file's
-    //    mtime 60 s into the future. Another posthold process that admits
-    //    the file now can only lose the race below (ENOENT or a changed
-    //    inode), since the rename is atomic and never replaces.
+    //    mtime 60 s into the future. Another posthold process cannot act on
+    //    the file meanwhile (the queue lock), and anything else can only
+    //    make the rename below fail (ENOENT), since it never replaces.
     let _ = adm.file.unlock();
-    // 5. S3/S4: the rename itself, never overwriting.
+    // 6. S3/S4: the rename itself, never overwriting.
+    let fail = |kind| Err(MoveError::new(kind, &loc).with_state(state));
     match renameat2(&*src, id, &*dst, id, RenameFlags::RENAME_NOREPLACE) {
         Ok(()) => {}
-        Err(Errno::EEXIST) => return Err(MoveError::new(MoveErrorKind::Exists, &loc)),
-        Err(Errno::EXDEV) => return Err(MoveError::new(MoveErrorKind::CrossDevice, &loc)),
+        Err(Errno::EEXIST) => return fail(MoveErrorKind::Exists),
+        Err(Errno::EXDEV) => return fail(MoveErrorKind::CrossDevice),
         // Assumption A5: no RENAME_NOREPLACE here means refusal (S4).
-        Err(Errno::EINVAL | Errno::ENOSYS) => {
-            return Err(MoveError::new(MoveErrorKind::NoReplaceUnsupported, &loc));
-        }
-        Err(Errno::ENOENT) => return Err(MoveError::new(MoveErrorKind::Raced, &loc)),
-        Err(e) => return Err(MoveError::io(&loc, format!("rename: {e}"))),
+        Err(Errno::EINVAL | Errno::ENOSYS) => return fail(MoveErrorKind::NoReplaceUnsupported),
+        Err(Errno::ENOENT) => return fail(MoveErrorKind::Raced),
+        Err(e) => return fail(MoveErrorKind::Io(format!("rename: {e}"))),
     }
-    // 6. Record the change first: whatever the check below says, the
+    // 7. Record the change first: whatever the check below says, the
     //    rename happened and both directories need their fsync.
     spool.changed(&to.dir);
     spool.changed(&loc.dir);
@@ -309,15 +346,18 @@ pub fn move_to(
         }
         _ => {}
     }
-    // 7. Durability: both directories are fsync'ed by Spool::sync_dirs,
-    //    once per command (see there why that keeps every move atomic).
+    // 8. Durability: both directories are fsync'ed by Spool::sync_dirs,
+    //    once per command and once per batch in the daemon, before either
+    //    reports the move (see there why that keeps every move atomic).
     drop(adm);
     Ok(to)
 }
 
 /// Renames an admitted file inside its directory to `new_id` (the ID its
 /// inode gives), its defer, bounce and trace logs first, as `postsuper -s`
-/// does. Never overwrites.
+/// does. Never overwrites. The message is checked (still the admitted
+/// file, new name free) before any log moves; if a later rename fails, the
+/// logs already moved are put back, so that logs and message never part.
 pub fn rename_id(spool: &Spool, adm: Admitted, new_id: &str) -> Result<Location, MoveError> {
     let loc = adm.loc.clone();
     // S3: the new name must encode the admitted file's own inode.
@@ -329,14 +369,45 @@ pub fn rename_id(spool: &Spool, adm: Admitted, new_id: &str) -> Result<Location,
             format!("new ID {new_id} does not match inode {}", adm.st.st_ino),
         ));
     }
-    // The message's new name must be free before any log is renamed.
-    if let Ok(d) = spool.dir(&spool.queue_dir(&loc.queue, new_id))
-        && fstatat(&d, new_id, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok()
-    {
-        return Err(MoveError::new(MoveErrorKind::Exists, &loc));
-    }
-    // Once a log carries the new ID, every error says so.
-    let mut state = FileState::Unchanged;
+    let src = spool
+        .dir(&loc.dir)
+        .map_err(|e| MoveError::io(&loc, format!("open {}: {e}", loc.dir)))?;
+    let to_dir = spool.queue_dir(&loc.queue, new_id);
+    let dst = target_dir(spool, &to_dir, &loc)?;
+    // S5: still the admitted file, and its new name free, before any log.
+    let check = || -> Result<(), MoveError> {
+        match fstatat(&src, loc.id.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(s) if s.st_dev == adm.st.st_dev && s.st_ino == adm.st.st_ino => {}
+            _ => return Err(MoveError::new(MoveErrorKind::Raced, &loc)),
+        }
+        if fstatat(&*dst, new_id, AtFlags::AT_SYMLINK_NOFOLLOW).is_ok() {
+            return Err(MoveError::new(MoveErrorKind::Exists, &loc));
+        }
+        Ok(())
+    };
+    check()?;
+    // The logs, each under its new name; remembered to be put back.
+    let mut moved: Vec<(OwnedFd, Rc<OwnedFd>)> = Vec::new();
+    let undo = |moved: Vec<(OwnedFd, Rc<OwnedFd>)>, e: MoveError| -> MoveError {
+        let mut all_back = true;
+        for (from, to) in moved.iter().rev() {
+            all_back &= renameat2(
+                &**to,
+                new_id,
+                from,
+                loc.id.as_str(),
+                RenameFlags::RENAME_NOREPLACE,
+            )
+            .is_ok();
+            let _ = fsync(&**to);
+            let _ = fsync(from);
+        }
+        if all_back {
+            e
+        } else {
+            e.with_state(FileState::LogsRenamed)
+        }
+    };
     for log in ["defer", "bounce", "trace"] {
         let from = spool.queue_dir(log, &loc.id);
         let to = spool.queue_dir(log, new_id);
@@ -344,53 +415,56 @@ pub fn rename_id(spool: &Spool, adm: Admitted, new_id: &str) -> Result<Location,
         if fstatat(&fd, loc.id.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW).is_err() {
             continue;
         }
-        let td = target_dir(spool, &to, &loc).map_err(|e| e.with_state(state))?;
+        let td = match target_dir(spool, &to, &loc) {
+            Ok(td) => td,
+            Err(e) => return Err(undo(moved, e)),
+        };
         match renameat2(
             &fd,
             loc.id.as_str(),
-            &td,
+            &*td,
             new_id,
             RenameFlags::RENAME_NOREPLACE,
         ) {
-            Ok(()) => state = FileState::LogsRenamed,
+            Ok(()) => {
+                let _ = fsync(&*td);
+                let _ = fsync(&fd);
+                moved.push((fd, td));
+            }
             Err(Errno::ENOENT) => {}
             Err(Errno::EEXIST) => {
-                return Err(MoveError::new(MoveErrorKind::Exists, &loc).with_state(state));
+                return Err(undo(moved, MoveError::new(MoveErrorKind::Exists, &loc)));
             }
             Err(e) => {
-                return Err(MoveError::io(&loc, format!("rename {log} log: {e}")).with_state(state));
+                return Err(undo(
+                    moved,
+                    MoveError::io(&loc, format!("rename {log} log: {e}")),
+                ));
             }
         }
-        let _ = fsync(&*td);
-        let _ = fsync(&fd);
     }
-    let src = spool
-        .dir(&loc.dir)
-        .map_err(|e| MoveError::io(&loc, format!("open {}: {e}", loc.dir)).with_state(state))?;
-    let to_dir = spool.queue_dir(&loc.queue, new_id);
-    let dst = target_dir(spool, &to_dir, &loc).map_err(|e| e.with_state(state))?;
-    match fstatat(&src, loc.id.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
-        Ok(s) if s.st_dev == adm.st.st_dev && s.st_ino == adm.st.st_ino => {}
-        _ => return Err(MoveError::new(MoveErrorKind::Raced, &loc).with_state(state)),
+    // The message itself: checked again (the logs took time), then renamed.
+    if let Err(e) = check() {
+        return Err(undo(moved, e));
     }
-    match renameat2(
+    let result = match renameat2(
         &src,
         loc.id.as_str(),
-        &dst,
+        &*dst,
         new_id,
         RenameFlags::RENAME_NOREPLACE,
     ) {
-        Ok(()) => {}
-        Err(Errno::EEXIST) => {
-            return Err(MoveError::new(MoveErrorKind::Exists, &loc).with_state(state));
-        }
-        Err(Errno::EXDEV) => {
-            return Err(MoveError::new(MoveErrorKind::CrossDevice, &loc).with_state(state));
-        }
+        Ok(()) => Ok(()),
+        Err(Errno::EEXIST) => Err(MoveError::new(MoveErrorKind::Exists, &loc)),
+        Err(Errno::EXDEV) => Err(MoveError::new(MoveErrorKind::CrossDevice, &loc)),
         Err(Errno::EINVAL | Errno::ENOSYS) => {
-            return Err(MoveError::new(MoveErrorKind::NoReplaceUnsupported, &loc).with_state(state));
+            Err(MoveError::new(MoveErrorKind::NoReplaceUnsupported, &loc))
         }
-        Err(e) => return Err(MoveError::io(&loc, format!("rename: {e}")).with_state(state)),
+        Err(Errno::ENOENT) => Err(MoveError::new(MoveErrorKind::Raced, &loc)),
+        Err(e) => Err(MoveError::io(&loc, format!("rename: {e}"))),
+    };
+    if let Err(e) = result {
+        return Err(undo(moved, e));
     }
     let _ = fsync(&*dst);
     let _ = fsync(&src);
@@ -413,6 +487,8 @@ pub fn add_expire_bit(adm: &Admitted) -> Result<(), MoveError> {
     let mode = (now_mode & 0o7777) | 0o010;
     fchmod(adm.file.as_fd(), Mode::from_bits_truncate(mode))
         .map_err(|e| MoveError::io(&adm.loc, format!("chmod: {e}")))?;
+    // S6: no lock held across the fsync, on a file qmgr may want.
+    let _ = adm.file.unlock();
     adm.file
         .sync_all()
         .map_err(|e| MoveError::io(&adm.loc, format!("fsync: {e}")).with_state(FileState::ModeSet))
@@ -427,7 +503,7 @@ pub fn delete(spool: &Spool, adm: Admitted) -> Result<(), MoveError> {
     //    rename: if qmgr took it meanwhile (deferred -> active) this fails
     //    and nothing, not even its logs, is touched. A crash after this
     //    leaves it in quarantine, where `restore` brings it back.
-    let (aside, state) = if adm.loc.queue == crate::queue::spool::QUARANTINE {
+    let (aside, mut state) = if adm.loc.queue == crate::queue::spool::QUARANTINE {
         drop(adm.file);
         (adm.loc, FileState::Unchanged)
     } else {
@@ -442,6 +518,7 @@ pub fn delete(spool: &Spool, adm: Admitted) -> Result<(), MoveError> {
         let dir = spool.queue_dir(log, &aside.id);
         if let Ok(d) = spool.dir(&dir) {
             match unlinkat(&d, aside.id.as_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) if state == FileState::Unchanged => state = FileState::LogsRemoved,
                 Ok(()) | Err(Errno::ENOENT) => {}
                 Err(e) => {
                     return Err(
@@ -465,4 +542,157 @@ pub fn delete(spool: &Spool, adm: Admitted) -> Result<(), MoveError> {
         .map_err(|e| MoveError::io(&aside, format!("unlink: {e}")).with_state(state))?;
     let _ = fsync(&src);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The mover on a real spool in a temp dir (root: files are chowned to
+    //! mail_owner as Postfix's are).
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::queue::gate::Gate;
+    use queue_format::writer::Builder;
+
+    fn spool() -> (tempfile::TempDir, tempfile::TempDir, Spool) {
+        assert!(nix::unistd::geteuid().is_root(), "mover tests need root");
+        let dir = tempfile::tempdir().unwrap();
+        for q in [
+            "incoming", "active", "deferred", "hold", "maildrop", "defer", "bounce", "trace",
+        ] {
+            std::fs::create_dir(dir.path().join(q)).unwrap();
+        }
+        let cfg = tempfile::tempdir().unwrap();
+        let main = cfg.path().join("main.cf");
+        std::fs::write(&main, "compatibility_level = 3.6\n").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&main)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(600))
+            .unwrap();
+        let c = Config::load(Some(cfg.path()), Some(dir.path())).unwrap();
+        let s = Spool::open(c).unwrap();
+        (dir, cfg, s)
+    }
+
+    /// A committed message in `queue/`, named after its inode (or, with
+    /// `wrong_name`, after another inode, as a restore from backup leaves).
+    fn add(q: &Path, queue: &str, wrong_name: bool) -> String {
+        let tmp = q.join(queue).join("tmp.1");
+        let b = Builder::new(1_700_000_000, "a@example.com")
+            .recipient("r@example.net")
+            .body_line("x");
+        std::fs::write(&tmp, b.build()).unwrap();
+        let pw = nix::unistd::User::from_name("postfix").unwrap().unwrap();
+        std::os::unix::fs::chown(&tmp, Some(pw.uid.as_raw()), Some(pw.gid.as_raw())).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let ino = std::fs::metadata(&tmp).unwrap().ino() + u64::from(wrong_name);
+        let id = queue_format::queue_id::encode_short(123_456, ino);
+        std::fs::rename(&tmp, q.join(queue).join(&id)).unwrap();
+        id
+    }
+
+    fn loc(queue: &str, id: &str) -> Location {
+        Location {
+            queue: queue.into(),
+            dir: queue.into(),
+            id: id.into(),
+        }
+    }
+
+    // Audit defect 7: the times were set before the re-stat that proves
+    // the file is still the one admitted.
+    #[test]
+    fn a_failed_move_leaves_the_mtime_alone() {
+        let (d, _c, sp) = spool();
+        let id = add(d.path(), "hold", false);
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(86400);
+        std::fs::File::options()
+            .write(true)
+            .open(d.path().join("hold").join(&id))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let adm = sp.admit(&loc("hold", &id)).unwrap();
+        // postsuper gets there first.
+        let moved = d.path().join("deferred").join(&id);
+        std::fs::rename(d.path().join("hold").join(&id), &moved).unwrap();
+        let e = move_to(&sp, adm, "incoming", Times::Now).unwrap_err();
+        assert_eq!(e.kind(), &MoveErrorKind::Raced);
+        assert_eq!(e.state(), FileState::Unchanged);
+        assert_eq!(
+            std::fs::metadata(&moved).unwrap().modified().unwrap(),
+            old,
+            "the file that raced away keeps its mtime"
+        );
+    }
+
+    // Audit defect 11: check --repair renamed the logs before checking the
+    // message; a message that raced away left its logs under the new ID.
+    #[test]
+    fn a_repair_whose_message_raced_away_leaves_its_logs_alone() {
+        let (d, _c, sp) = spool();
+        let id = add(d.path(), "hold", true);
+        let log_dir = d.path().join(sp.queue_dir("defer", &id));
+        std::fs::create_dir_all(&log_dir).unwrap();
+        std::fs::write(log_dir.join(&id), "recipient=r@example.net\n\n").unwrap();
+        let adm = sp.gate(&loc("hold", &id), Gate::RenameToInode).unwrap();
+        let new_id = crate::queue::act::id_for_inode(&id, adm.st.st_ino).unwrap();
+        std::fs::rename(
+            d.path().join("hold").join(&id),
+            d.path().join("incoming").join(&id),
+        )
+        .unwrap();
+        let e = rename_id(&sp, adm, &new_id).unwrap_err();
+        assert_eq!(e.kind(), &MoveErrorKind::Raced);
+        assert_eq!(e.state(), FileState::Unchanged, "{e}");
+        assert!(log_dir.join(&id).exists(), "the log stays with its message");
+        let new_log = d.path().join(sp.queue_dir("defer", &new_id)).join(&new_id);
+        assert!(!new_log.exists(), "no orphan log under the new ID");
+    }
+
+    // Audit defect 11: a rename that fails after the logs moved puts them
+    // back.
+    #[test]
+    fn a_repair_that_fails_after_its_logs_moved_puts_them_back() {
+        let (d, _c, sp) = spool();
+        let id = add(d.path(), "hold", true);
+        let log_dir = d.path().join(sp.queue_dir("defer", &id));
+        std::fs::create_dir_all(&log_dir).unwrap();
+        std::fs::write(log_dir.join(&id), "recipient=r@example.net\n\n").unwrap();
+        let adm = sp.gate(&loc("hold", &id), Gate::RenameToInode).unwrap();
+        let new_id = crate::queue::act::id_for_inode(&id, adm.st.st_ino).unwrap();
+        // The bounce log's new name is taken: its rename fails after the
+        // defer log moved.
+        let bounce_dir = d.path().join(sp.queue_dir("bounce", &id));
+        std::fs::create_dir_all(&bounce_dir).unwrap();
+        std::fs::write(bounce_dir.join(&id), "old").unwrap();
+        let taken = d.path().join(sp.queue_dir("bounce", &new_id));
+        std::fs::create_dir_all(&taken).unwrap();
+        std::fs::write(taken.join(&new_id), "someone else's").unwrap();
+        let e = rename_id(&sp, adm, &new_id).unwrap_err();
+        assert_eq!(e.kind(), &MoveErrorKind::Exists);
+        assert_eq!(e.state(), FileState::Unchanged, "{e}");
+        assert!(log_dir.join(&id).exists(), "the defer log was put back");
+        assert!(d.path().join("hold").join(&id).exists());
+    }
+
+    // Audit defect 5: a symlink in any component of a path inside the
+    // queue is refused, not only in the last one.
+    #[test]
+    fn no_component_of_a_queue_path_follows_a_symlink() {
+        let (d, _c, sp) = spool();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir(outside.path().join("C")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), d.path().join("deferred").join("E")).unwrap();
+        assert!(
+            sp.dir("deferred/E/C").is_err(),
+            "a symlinked middle component"
+        );
+        assert!(sp.dir("deferred/E").is_err(), "a symlinked last component");
+        assert!(sp.dir("deferred").is_ok());
+    }
 }

@@ -8,11 +8,12 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat, openat2};
 use nix::sys::stat::{Mode, fstat, fstatat};
 use nix::unistd::User;
 use queue_format::queue_id;
@@ -28,6 +29,48 @@ pub const QUARANTINE: &str = "posthold-quarantine";
 pub const SEARCH_ORDER: &[&str] = &[
     "hold", "incoming", "deferred", "active", "maildrop", QUARANTINE,
 ];
+
+/// A cached directory handle and what it was when opened.
+#[derive(Debug)]
+struct Cached {
+    fd: Rc<OwnedFd>,
+    dev: u64,
+    ino: u64,
+    checked: Instant,
+}
+
+/// Opens `rel` below the directory `root` without following a symlink in
+/// any component, and never above `root` (S5, S2): `openat2` with
+/// `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS` where the kernel has it (Linux
+/// 5.6), else component by component with `O_NOFOLLOW`. A symlink gives
+/// `ELOOP`. `flags` apply to the last component (`O_NOFOLLOW` and
+/// `O_CLOEXEC` are always added).
+pub fn open_beneath(root: impl AsFd, rel: &str, flags: OFlag) -> Result<OwnedFd, Errno> {
+    let last = flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let how = OpenHow::new()
+        .flags(last)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    match openat2(root.as_fd(), rel, how) {
+        // Older kernels, or a seccomp filter that does not know the call.
+        Err(Errno::ENOSYS | Errno::EPERM) => {}
+        r => return r,
+    }
+    let parts: Vec<&str> = rel.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.is_empty() || parts.contains(&"..") {
+        return Err(Errno::EINVAL);
+    }
+    let walk = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut cur: Option<OwnedFd> = None;
+    for (i, part) in parts.iter().enumerate() {
+        let f = if i + 1 == parts.len() { last } else { walk };
+        let fd = match &cur {
+            Some(dir) => openat(dir, *part, f, Mode::empty()),
+            None => openat(root.as_fd(), *part, f, Mode::empty()),
+        }?;
+        cur = Some(fd);
+    }
+    cur.ok_or(Errno::EINVAL)
+}
 
 /// Where a queue file is: its queue, its directory relative to the queue
 /// directory (with hash levels), and its name.
@@ -61,7 +104,10 @@ pub struct Spool {
     pub owner: (u32, u32),
     /// Directory handles opened so far, by relative path (bulk commands
     /// touch the same few directories thousands of times).
-    dirs: RefCell<HashMap<String, (Rc<OwnedFd>, u64)>>,
+    dirs: RefCell<HashMap<String, Cached>>,
+    /// How old a cached handle may be before it is checked against the
+    /// path again (zero: on every use).
+    recheck: Duration,
     /// Directories changed by renames and not yet fsync'ed.
     unsynced: RefCell<HashSet<String>>,
 }
@@ -93,27 +139,52 @@ impl Spool {
             cfg,
             dirs: RefCell::default(),
             unsynced: RefCell::default(),
+            recheck: Duration::from_secs(1),
         })
     }
 
     /// A directory handle from the cache, opened on first use. A cached
-    /// handle whose directory was removed meanwhile makes the next rename
-    /// fail (ENOENT), which is reported and changes nothing.
+    /// handle older than the recheck interval is checked against its path
+    /// first: a directory removed or replaced meanwhile (an administrator
+    /// recreating the quarantine, say) is opened afresh, so no move goes
+    /// into a directory that is no longer where the queue says.
     pub fn dir_cached(&self, rel: &str) -> std::io::Result<Rc<OwnedFd>> {
-        if let Some((d, _)) = self.dirs.borrow().get(rel) {
-            return Ok(Rc::clone(d));
+        if let Some(c) = self.dirs.borrow_mut().get_mut(rel)
+            && (c.checked.elapsed() < self.recheck || self.still_there(rel, c))
+        {
+            c.checked = Instant::now();
+            return Ok(Rc::clone(&c.fd));
         }
+        self.dirs.borrow_mut().remove(rel);
         let d = Rc::new(self.dir(rel)?);
-        let dev = fstat(&*d).map_err(io)?.st_dev;
-        self.dirs
-            .borrow_mut()
-            .insert(rel.to_string(), (Rc::clone(&d), dev));
+        let st = fstat(&*d).map_err(io)?;
+        self.dirs.borrow_mut().insert(
+            rel.to_string(),
+            Cached {
+                fd: Rc::clone(&d),
+                dev: st.st_dev,
+                ino: st.st_ino,
+                checked: Instant::now(),
+            },
+        );
         Ok(d)
+    }
+
+    /// Whether the path `rel` still names the cached directory.
+    fn still_there(&self, rel: &str, c: &Cached) -> bool {
+        fstatat(&self.root, rel, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| (st.st_dev, st.st_ino) == (c.dev, c.ino))
+    }
+
+    /// Checks cached handles against their paths on every use (the
+    /// daemon's setting: it runs for months while administrators work).
+    pub fn recheck_always(&mut self) {
+        self.recheck = Duration::ZERO;
     }
 
     /// The device of a directory opened through [`Spool::dir_cached`].
     pub fn dir_device(&self, rel: &str) -> Option<u64> {
-        self.dirs.borrow().get(rel).map(|(_, dev)| *dev)
+        self.dirs.borrow().get(rel).map(|c| c.dev)
     }
 
     /// Notes that a rename changed directory `rel`.
@@ -140,16 +211,10 @@ impl Spool {
         first_err.map_or(Ok(()), Err)
     }
 
-    /// Opens a directory below the queue directory without following
-    /// symlinks at its last component.
+    /// Opens a directory below the queue directory without following a
+    /// symlink in any component (S5).
     pub fn dir(&self, rel: &str) -> std::io::Result<OwnedFd> {
-        openat(
-            &self.root,
-            rel,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(io)
+        open_beneath(&self.root, rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY).map_err(io)
     }
 
     /// The directory (relative) where `id` belongs in `queue`.

@@ -41,6 +41,8 @@ impl Descend {
 /// One directory entry below a queue.
 #[derive(Debug)]
 pub struct Found {
+    /// Whether the walk went into it (a hash directory).
+    pub entered: bool,
     /// Its directory, relative to the queue directory (`deferred/A`).
     pub dir: String,
     /// Its name.
@@ -60,7 +62,7 @@ impl Found {
 
     /// Whether it is a hash directory that the walk went into.
     pub fn is_hash_dir(&self) -> bool {
-        self.file_type.is_dir() && self.name.len() == 1
+        self.entered
     }
 
     /// Its path relative to the queue directory.
@@ -88,21 +90,32 @@ impl fmt::Display for WalkError {
 pub struct Walk {
     it: walkdir::IntoIter,
     top: PathBuf,
-    qdir_len: usize,
+    qdir: PathBuf,
     descend: Descend,
+    /// An error to give first (the queue's directory is a symlink).
+    first: Option<WalkError>,
 }
 
 /// Walks `queue` below `cfg.queue_directory`.
 pub fn walk(cfg: &Config, queue: &str, descend: Descend) -> Walk {
     let top = cfg.queue_directory.join(queue);
+    // A queue's own directory that is a symlink is refused, not followed.
+    let first = std::fs::symlink_metadata(&top)
+        .is_ok_and(|m| m.file_type().is_symlink())
+        .then(|| WalkError {
+            path: top.clone(),
+            error: std::io::Error::other("a symbolic link in the queue: refused"),
+        });
     Walk {
         it: walkdir::WalkDir::new(&top)
             .min_depth(1)
             .follow_links(false)
+            .follow_root_links(false)
             .into_iter(),
         top,
-        qdir_len: cfg.queue_directory.as_os_str().len(),
+        qdir: cfg.queue_directory.clone(),
         descend,
+        first,
     }
 }
 
@@ -110,6 +123,9 @@ impl Iterator for Walk {
     type Item = Result<Found, WalkError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if let Some(e) = self.first.take() {
+            return Some(Err(e));
+        }
         let e = match self.it.next()? {
             Ok(e) => e,
             Err(err) => {
@@ -122,21 +138,22 @@ impl Iterator for Walk {
         };
         let file_type = e.file_type();
         let name = e.file_name().to_os_string();
-        if file_type.is_dir() && !(self.descend == Descend::HashDirs && name.len() == 1) {
+        // A hash level's name is one character of a queue ID.
+        let hash_name = name
+            .to_str()
+            .is_some_and(|n| n.len() == 1 && queue_id::is_legal(n));
+        let entered = file_type.is_dir() && self.descend == Descend::HashDirs && hash_name;
+        if file_type.is_dir() && !entered {
             self.it.skip_current_dir();
         }
         let path = e.into_path();
         let dir = path
             .parent()
-            .map(|p| {
-                let p = p.as_os_str().to_string_lossy();
-                p.get(self.qdir_len..)
-                    .unwrap_or("")
-                    .trim_start_matches('/')
-                    .to_string()
-            })
+            .and_then(|p| p.strip_prefix(&self.qdir).ok())
+            .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
         Some(Ok(Found {
+            entered,
             dir,
             name,
             file_type,

@@ -428,12 +428,22 @@ pub fn run(
         }
         let cfg = config()?;
         for id in args {
-            let found = POSTCAT_QUEUES.iter().find_map(|q| {
+            let mut found = None;
+            for q in POSTCAT_QUEUES {
                 let rel = cfg.queue_path(q, id);
-                File::open(cfg.queue_directory.join(&rel))
-                    .ok()
-                    .map(|f| (rel, f))
-            });
+                match File::open(cfg.queue_directory.join(&rel)) {
+                    Ok(f) => {
+                        found = Some((rel, f));
+                        break;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    // Not "no such file": a queue that cannot be read is
+                    // an error that says so (an unprivileged caller).
+                    Err(e) => {
+                        return Err(Fatal::runtime(format!("open queue file {id}: {rel}: {e}")));
+                    }
+                }
+            }
             let Some((rel, f)) = found else {
                 return Err(Fatal::runtime(format!(
                     "open queue file {id}: No such file or directory"

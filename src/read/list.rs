@@ -25,6 +25,7 @@ use queue_format::rec_type as rt;
 
 use crate::config::{Config, SHOWQ_QUEUES};
 use crate::error::Fatal;
+use crate::queue::walk::{Descend, walk};
 pub use crate::util::{json_quote, printable};
 
 /// One listed message.
@@ -64,8 +65,9 @@ pub enum Format<'a> {
     JsonExtra(&'a DueOf<'a>),
 }
 
-/// A queue file's due time as the rules judge it (see [`Format::JsonExtra`]).
-pub type DueOf<'a> = dyn Fn(&Path, &str) -> Option<Due> + 'a;
+/// A queue file's due time as the rules judge it (see [`Format::JsonExtra`]),
+/// given its path relative to the queue directory and its queue ID.
+pub type DueOf<'a> = dyn Fn(&str, &str) -> Option<Due> + 'a;
 
 /// A message's due header as the rules judge it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -348,29 +350,40 @@ pub fn scan(
         if !queues.is_empty() && !queues.iter().any(|q| q == queue) {
             continue;
         }
-        let top = cfg.queue_directory.join(queue);
-        let mut stack = match fs::read_dir(&top) {
-            Ok(d) => vec![d],
-            Err(e) => {
-                eprintln!("posthold: warning: {}: {e}", top.display());
+        // showq's order: each queue depth first, hash directories entered
+        // as met (any one-character name but in maildrop).
+        let descend = if queue == "maildrop" {
+            Descend::Never
+        } else {
+            Descend::HashDirs
+        };
+        for found in walk(cfg, queue, descend) {
+            let found = match found {
+                Ok(f) => f,
+                // A queue that cannot be read is an error, never an empty
+                // answer (a missing one is a warning, as before).
+                Err(e) if e.path == cfg.queue_directory.join(queue) => {
+                    if e.error.kind() == std::io::ErrorKind::NotFound {
+                        eprintln!("posthold: warning: {e}");
+                        break;
+                    }
+                    return Err(Fatal::runtime(e.to_string()));
+                }
+                Err(e) => {
+                    eprintln!("posthold: warning: {e}");
+                    continue;
+                }
+            };
+            if found.entered {
                 continue;
             }
-        };
-        while let Some(dir) = stack.last_mut() {
-            let Some(entry) = dir.next() else {
-                stack.pop();
-                continue;
-            };
-            let Ok(entry) = entry else { continue };
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else {
+            let Some(name) = found.name.to_str() else {
                 summary.illegal += 1;
                 continue;
             };
+            // showq tries any one-character name as a directory, and
+            // skips it when it is none.
             if name.len() == 1 && queue != "maildrop" {
-                if let Ok(d) = fs::read_dir(entry.path()) {
-                    stack.push(d);
-                }
                 continue;
             }
             if !queue_format::queue_id::is_legal(name) {
@@ -398,7 +411,7 @@ pub fn scan(
             };
             if let Some(mut m) = report(cfg, queue, name, file, &meta) {
                 if let Some(due_of) = due_of {
-                    m.deliver_at = due_of(&path, name);
+                    m.deliver_at = due_of(&cfg.queue_path(queue, name), name);
                 }
                 summary.listed += 1;
                 each(m)?;

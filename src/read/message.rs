@@ -6,15 +6,18 @@
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::fd::BorrowedFd;
+use std::os::unix::fs::MetadataExt;
+
+use nix::fcntl::OFlag;
 use std::path::Path;
 
 use queue_format::queue_file::{Envelope, MessageContent, RecipientState, read_envelope};
 use queue_format::reader::{Mode, Reader};
 
 use crate::config::Config;
-use crate::queue::act::is_requeued_copy;
-use crate::queue::spool::Location;
+use crate::queue::act::{is_requeued_copy, requeue_threshold};
+use crate::queue::spool::{Location, open_beneath};
 use crate::util::now;
 
 /// A message that cannot be read (gone, replaced, not committed, damaged):
@@ -26,6 +29,15 @@ impl std::fmt::Display for Unreadable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// What a reader needs of the envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// A complete queue file (SIZE, TIME, SENDER, END): to act or scan.
+    Complete,
+    /// Whatever envelope there is: to list.
+    AnyEnvelope,
 }
 
 /// Whether [`Message::open`] reads the headers (never the body).
@@ -59,24 +71,47 @@ pub struct Message {
 }
 
 impl Message {
-    /// Opens `path` read-only, without following a symlink (and without
-    /// blocking on a FIFO), and checks that it is a committed regular file
-    /// with inode `ino` (when given) and a complete envelope; reads the
-    /// headers too when `headers` (never the body). The one way the daemon
-    /// reads a held message.
+    /// Opens `rel` below the queue directory `root` read-only, without
+    /// following a symlink in any component (and without blocking on a
+    /// FIFO), and checks that it is a committed regular file with inode
+    /// `ino` (when given) and a complete envelope; reads the headers too
+    /// when asked (never the body). The one way the daemon, `posthold scan`
+    /// and the scanners read a held message.
     pub fn open(
-        path: &Path,
+        root: BorrowedFd<'_>,
+        rel: &str,
         id: &str,
         ino: Option<u64>,
         headers: Headers,
     ) -> Result<Message, Unreadable> {
+        Message::open_as(root, rel, id, ino, headers, Need::Complete)
+    }
+
+    /// [`Message::open`] for a listing: the envelope as it is (a file in
+    /// maildrop has no SIZE record yet), headers read.
+    pub fn open_for_listing(
+        root: BorrowedFd<'_>,
+        rel: &str,
+        id: &str,
+    ) -> Result<Message, Unreadable> {
+        Message::open_as(root, rel, id, None, Headers::Read, Need::AnyEnvelope)
+    }
+
+    fn open_as(
+        root: BorrowedFd<'_>,
+        rel: &str,
+        id: &str,
+        ino: Option<u64>,
+        headers: Headers,
+        need: Need,
+    ) -> Result<Message, Unreadable> {
+        let path = Path::new(rel);
         let gone = |e: std::io::Error| Unreadable(format!("{}: {e}", path.display()));
-        // S12: read-only, no symlink, no blocking on a FIFO; no lock taken.
-        let file = File::options()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(path)
-            .map_err(gone)?;
+        // S12: read-only, no symlink in any component (S5), no blocking on
+        // a FIFO; no lock taken.
+        let file = open_beneath(root, rel, OFlag::O_RDONLY | OFlag::O_NONBLOCK)
+            .map(File::from)
+            .map_err(|e| gone(std::io::Error::from_raw_os_error(e as i32)))?;
         let meta = file.metadata().map_err(gone)?;
         if !meta.file_type().is_file() || meta.mode() & 0o700 != 0o700 {
             return Err(Unreadable(format!(
@@ -92,7 +127,9 @@ impl Message {
         let bad = |e: queue_format::Error| Unreadable(format!("{}: {e}", path.display()));
         let mut rd = Reader::with_len(BufReader::new(&file), len, Mode::LOGICAL);
         let env = read_envelope(&mut rd).map_err(bad)?;
-        env.check_complete().map_err(bad)?;
+        if need == Need::Complete {
+            env.check_complete().map_err(bad)?;
+        }
         let mesg_at = env
             .content_offset
             .ok_or_else(|| Unreadable(format!("{}: no message content", path.display())))?;
@@ -179,12 +216,17 @@ impl Facts {
 
 /// What the rules need of the held message at `loc`: its inode, its
 /// facts, its commit time (ctime, µs) and whether it is a copy made by
-/// requeueing. `None` when the file is gone, not committed, or unreadable
+/// requeueing (with `old_after` as the requeue threshold, see
+/// [`requeue_threshold`]). `None` when the file is gone, not committed, or unreadable
 /// (a later event or scan brings it back).
-pub fn facts_of(cfg: &Config, loc: &Location) -> Option<(u64, Facts, i64, bool)> {
-    let path = cfg.queue_directory.join(loc.path());
-    let m = Message::open(&path, &loc.id, None, Headers::Read).ok()?;
-    let requeued = is_requeued_copy(&m.env);
+pub fn facts_of(
+    cfg: &Config,
+    root: BorrowedFd<'_>,
+    loc: &Location,
+    old_after: Option<u64>,
+) -> Option<(u64, Facts, i64, bool)> {
+    let m = Message::open(root, &loc.path(), &loc.id, None, Headers::Read).ok()?;
+    let requeued = is_requeued_copy(&m.env, requeue_threshold(cfg, &m.env, old_after));
     let (ino, ctime_us) = (m.ino, m.ctime_us);
     Some((ino, m.into_facts(now()), ctime_us, requeued))
 }

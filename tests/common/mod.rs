@@ -299,6 +299,46 @@ impl Instance {
         v
     }
 
+    /// Sends a message over SMTP to this instance's smtpd (so that smtpd's
+    /// restrictions apply), as `from` to `to`.
+    pub fn smtp_send(&self, from: &str, to: &str, message: &[u8]) {
+        use std::io::{BufRead, BufReader, Write};
+        let env = std::fs::read_to_string(self.etc().join("pf-instance.env")).unwrap();
+        let port = env
+            .lines()
+            .find_map(|l| l.strip_prefix("PH_PORT="))
+            .expect("PH_PORT in pf-instance.env");
+        let s = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut w = s;
+        let mut expect = |code: &str| loop {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            assert!(line.starts_with(code), "smtp: want {code}, got {line:?}");
+            if line.as_bytes().get(3) != Some(&b'-') {
+                break;
+            }
+        };
+        expect("220");
+        for (cmd, code) in [
+            ("EHLO posthold.test".to_string(), "250"),
+            (format!("MAIL FROM:<{from}>"), "250"),
+            (format!("RCPT TO:<{to}>"), "250"),
+            ("DATA".to_string(), "354"),
+        ] {
+            write!(w, "{cmd}\r\n").unwrap();
+            expect(code);
+        }
+        for line in String::from_utf8_lossy(message).lines() {
+            let dot = if line.starts_with('.') { "." } else { "" };
+            write!(w, "{dot}{line}\r\n").unwrap();
+        }
+        write!(w, ".\r\n").unwrap();
+        expect("250");
+        write!(w, "QUIT\r\n").unwrap();
+    }
+
     /// A Postfix tool with `-c` for this instance.
     pub fn tool(&self, name: &str) -> Command {
         let mut c = Command::new(format!("/usr/sbin/{name}"));

@@ -51,7 +51,7 @@ impl TempSpool {
             .unwrap();
         for q in [
             "incoming", "active", "deferred", "hold", "maildrop", "defer", "bounce", "trace",
-            "public",
+            "public", "pid",
         ] {
             std::fs::create_dir(dir.path().join(q)).unwrap();
         }
@@ -60,6 +60,54 @@ impl TempSpool {
             cfg: empty_config(),
             seq: 0,
         }
+    }
+
+    /// Adds main.cf settings (`name = value` lines), dated in the past as
+    /// Postfix wants.
+    pub fn set(&self, lines: &[&str]) {
+        let p = self.cfg.path().join("main.cf");
+        let mut text = std::fs::read_to_string(&p).unwrap();
+        for l in lines {
+            text.push_str(l);
+            text.push('\n');
+        }
+        std::fs::write(&p, text).unwrap();
+        let f = std::fs::File::options().write(true).open(&p).unwrap();
+        f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(600))
+            .unwrap();
+    }
+
+    /// Starts `posthold watch` on this spool as root (no privilege drop),
+    /// logging to a file; killed on drop.
+    pub fn watch(&self, extra: &[&str]) -> super::Daemon {
+        let log = self.cfg.path().join(format!(
+            "watch-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let mut c = posthold();
+        c.arg("watch")
+            .arg("-c")
+            .arg(self.cfg.path())
+            .arg("--queue-directory")
+            .arg(self.q())
+            .args(["--no-drop-privileges", "--scan-interval", "3600s"])
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        super::Daemon {
+            child: c.spawn().expect("posthold watch"),
+            log,
+        }
+    }
+
+    /// Writes a rules file next to the config; returns its path.
+    pub fn rules(&self, text: &str) -> PathBuf {
+        let p = self.cfg.path().join("rules.toml");
+        std::fs::write(&p, text).unwrap();
+        p
     }
 
     pub fn q(&self) -> &Path {
