@@ -2,6 +2,9 @@
 //!
 //! * `audit`: one regression test per defect the safety audit of the mover
 //!   and the daemon found (each failed on the code that had it);
+//! * `cat_differential`: `posthold cat` against live `postcat` on
+//!   deterministic mutations of every fixture, every option set: same bytes,
+//!   same success or failure, never a hang or a panic;
 //! * `fixtures`: posthold against the reference outputs captured from a real
 //!   Postfix 3.7 (`fixtures/`), and against live `postcat` on the same files
 //!   with many option combinations;
@@ -30,6 +33,7 @@ mod common;
 
 mod audit;
 mod bad_input;
+mod cat_differential;
 mod crash;
 mod fixtures;
 mod model;

@@ -19,7 +19,7 @@ use std::io::{Read, Seek};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::rec_type;
-use crate::record::RawReader;
+use crate::record::{Dialect, RawReader};
 
 /// Postfix's limit on backward pointer jumps in one file.
 pub const REVERSE_JUMP_LIMIT: u32 = 10_000;
@@ -33,6 +33,8 @@ pub struct Mode {
     pub skip_padding: bool,
     /// Return the END record, then report end of input.
     pub stop_at_end: bool,
+    /// How damaged records are read ([`Dialect::Strict`] in both constants).
+    pub dialect: Dialect,
 }
 
 impl Mode {
@@ -41,13 +43,20 @@ impl Mode {
         follow_pointers: true,
         skip_padding: true,
         stop_at_end: true,
+        dialect: Dialect::Strict,
     };
     /// Records exactly as stored, in file order (`postcat -v -r`).
     pub const PHYSICAL: Mode = Mode {
         follow_pointers: false,
         skip_padding: false,
         stop_at_end: false,
+        dialect: Dialect::Strict,
     };
+
+    /// This mode, reading damaged records as `dialect` says.
+    pub const fn with_dialect(self, dialect: Dialect) -> Mode {
+        Mode { dialect, ..self }
+    }
 }
 
 /// One record of the logical stream.
@@ -59,18 +68,24 @@ pub struct Rec {
     pub offset: u64,
 }
 
-/// Parses a pointer payload: optional leading white space, then decimal
-/// digits only. Returns `None` when malformed.
+/// Parses a pointer payload as Postfix's `rec_goto()` does: the payload is a
+/// C string (it ends at its first NUL), leading white space is skipped, then
+/// only decimal digits may follow, and the value must fit an `off_t`. An
+/// empty value is 0, the dummy. Returns `None` when malformed.
 pub fn parse_pointer(payload: &[u8]) -> Option<u64> {
-    let digits = trim_leading_space(payload);
-    let mut v: u64 = 0;
+    let c_string = match payload.iter().position(|&b| b == 0) {
+        Some(n) => &payload[..n],
+        None => payload,
+    };
+    let digits = trim_leading_space(c_string);
+    let mut v: i64 = 0;
     for &b in digits {
         if !b.is_ascii_digit() {
             return None;
         }
-        v = v.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        v = v.checked_mul(10)?.checked_add(i64::from(b - b'0'))?;
     }
-    Some(v)
+    u64::try_from(v).ok()
 }
 
 fn trim_leading_space(p: &[u8]) -> &[u8] {
@@ -89,6 +104,8 @@ pub struct Reader<R> {
     /// Target of the previous jump, for the reverse-jump count.
     saved_offset: u64,
     reverse_jumps: u32,
+    /// Calls of [`Reader::goto_pointer`], dummies included.
+    gotos: u64,
     /// Set once END was returned in `stop_at_end` mode.
     ended: bool,
 }
@@ -101,24 +118,58 @@ impl<R: Read + Seek> Reader<R> {
 
     /// A reader at offset 0 in the given mode.
     pub fn with_mode(inner: R, mode: Mode) -> Result<Reader<R>> {
+        let mut raw = RawReader::new(inner)?;
+        raw.set_dialect(mode.dialect);
         Ok(Reader {
-            raw: RawReader::new(inner)?,
+            raw,
             mode,
             saved_offset: 0,
             reverse_jumps: 0,
+            gotos: 0,
             ended: false,
         })
     }
 
     /// A reader over a source of known length (see [`RawReader::with_len`]).
     pub fn with_len(inner: R, len: u64, mode: Mode) -> Reader<R> {
+        let mut raw = RawReader::with_len(inner, len);
+        raw.set_dialect(mode.dialect);
         Reader {
-            raw: RawReader::with_len(inner, len),
+            raw,
             mode,
             saved_offset: 0,
             reverse_jumps: 0,
+            gotos: 0,
             ended: false,
         }
+    }
+
+    /// Makes every seek fail, as it does when Postfix reads a pipe: pointer
+    /// jumps, content skips and (in `stop_at_end` mode) the END record.
+    pub fn forbid_seeks(&mut self) {
+        self.raw.forbid_seeks();
+    }
+
+    /// Moves forward `n` bytes by reading (see [`RawReader::skip`]).
+    pub fn skip(&mut self, n: u64) -> Result<()> {
+        self.raw.skip(n)
+    }
+
+    /// The loop guard's state: the previous jump's target and the number of
+    /// reverse jumps so far. Postfix keeps it per file name, across files.
+    pub fn jump_state(&self) -> (u64, u32) {
+        (self.saved_offset, self.reverse_jumps)
+    }
+
+    /// How many pointer records were followed (or tried), dummies included.
+    pub fn pointer_gotos(&self) -> u64 {
+        self.gotos
+    }
+
+    /// Restores a state from [`Reader::jump_state`].
+    pub fn set_jump_state(&mut self, (saved_offset, reverse_jumps): (u64, u32)) {
+        self.saved_offset = saved_offset;
+        self.reverse_jumps = reverse_jumps;
     }
 
     /// Offset of the next physical record.
@@ -151,6 +202,7 @@ impl<R: Read + Seek> Reader<R> {
     /// Follows a pointer payload as Postfix's `rec_goto()` does: a dummy
     /// (0) does nothing; otherwise jump, counting reverse jumps.
     pub fn goto_pointer(&mut self, payload: &[u8], at: u64) -> Result<()> {
+        self.gotos += 1;
         let Some(target) = parse_pointer(payload) else {
             return Err(
                 Error::new(ErrorKind::BadPointer, "malformed pointer record value")
@@ -196,6 +248,16 @@ impl<R: Read + Seek> Reader<R> {
                     continue;
                 }
                 rec_type::DTXT if self.mode.skip_padding => continue,
+                // Postfix seeks to the end of the file here, which fails on
+                // a pipe.
+                rec_type::END if self.mode.stop_at_end && !self.raw.is_seekable() => {
+                    return Err(Error::new(
+                        ErrorKind::Io,
+                        "seek error after reading END record: Illegal seek",
+                    )
+                    .at(offset)
+                    .rec(rec_type::END));
+                }
                 rec_type::END if self.mode.stop_at_end => self.ended = true,
                 _ => {}
             }
@@ -270,5 +332,32 @@ mod tests {
             logical(&h).unwrap().is_empty(),
             "a jump past the end is end of input"
         );
+    }
+
+    #[test]
+    fn pointer_values_are_c_strings_and_off_t() {
+        assert_eq!(
+            parse_pointer(b"\0 12"),
+            Some(0),
+            "empty before the NUL: dummy"
+        );
+        assert_eq!(parse_pointer(b"  12\0zz"), Some(12));
+        assert_eq!(parse_pointer(b"   "), Some(0));
+        assert_eq!(parse_pointer(b"9223372036854775807"), Some(i64::MAX as u64));
+        assert_eq!(parse_pointer(b"9223372036854775808"), None);
+        assert_eq!(parse_pointer(b"+12"), None);
+        assert_eq!(parse_pointer(b"12 "), None);
+    }
+
+    #[test]
+    fn end_on_a_pipe_is_an_error_as_in_postfix() {
+        let mut f = Vec::new();
+        put_record(&mut f, b'N', b"a");
+        put_record(&mut f, b'E', b"");
+        let mut r = Reader::new(Cursor::new(&f)).unwrap();
+        r.forbid_seeks();
+        let mut buf = Vec::new();
+        assert_eq!(r.next(&mut buf).unwrap().unwrap().rtype, b'N');
+        assert_eq!(r.next(&mut buf).unwrap_err().kind(), &ErrorKind::Io);
     }
 }

@@ -127,6 +127,7 @@ fn walk(bytes: &[u8]) -> queue_format::Result<Walk> {
         follow_pointers: false,
         skip_padding: false,
         stop_at_end: true,
+        ..Mode::LOGICAL
     };
     let mut r = Reader::with_mode(Cursor::new(bytes), mode)?;
     let mut buf = Vec::new();

@@ -259,8 +259,8 @@ struct CatArgs {
     /// Do not follow pointer records (with -v); read past the END record.
     #[arg(short = 'r')]
     raw: bool,
-    /// Start at this byte offset.
-    #[arg(short = 's', value_name = "OFFSET", default_value_t = 0)]
+    /// Start at this byte offset (decimal digits only).
+    #[arg(short = 's', value_name = "OFFSET", default_value_t = 0, value_parser = parse_offset)]
     start: u64,
     /// Show pointer and padding records and text record labels.
     #[arg(short = 'v')]
@@ -332,6 +332,18 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32
             f.status
         }
     }
+}
+
+/// postcat's `-s`: decimal digits only (Postfix `alldig()`, so no sign and
+/// not empty), converted as `atol()` does, saturating at LONG_MAX.
+fn parse_offset(s: &str) -> Result<u64, String> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("bad offset: {s}"));
+    }
+    let v = s.bytes().fold(0u64, |v, b| {
+        v.saturating_mul(10).saturating_add(u64::from(b - b'0'))
+    });
+    Ok(v.min(i64::MAX as u64))
 }
 
 /// `posthold cat`.
