@@ -346,26 +346,34 @@ fn dry_run_takes_no_locks() {
 // creation of a hash directory, on a file qmgr may want.
 #[test]
 fn no_file_lock_is_held_across_fsync_or_mkdir() {
-    let mut s = TempSpool::new();
-    let id = s.add("hold");
-    let (out, trace) = straced(
-        &s,
-        "flock,fsync,fdatasync,mkdir,mkdirat",
-        &["expire", "--release", &id],
-    );
-    expect_exit(&out, 0);
-    assert!(
-        trace.contains("mkdirat"),
-        "a hash directory was made:\n{trace}"
-    );
-    let mut locked = false;
-    for l in trace.lines() {
-        if l.contains("flock(") && l.contains(&id) && l.contains("LOCK_EX") && l.ends_with("= 0") {
-            locked = true;
-        } else if l.contains("flock(") && l.contains(&id) && l.contains("LOCK_UN") {
-            locked = false;
-        } else if locked && (l.contains("fsync(") || l.contains("mkdir")) {
-            panic!("{l:?} while posthold holds a lock on {id}:\n{trace}");
+    // expire's fsync, and the hash directory both commands make first.
+    for args in [
+        &["expire", "--release"][..],
+        &["release", "--to", "deferred"],
+    ] {
+        let mut s = TempSpool::new();
+        let id = s.add("hold");
+        let mut argv = args.to_vec();
+        argv.push(&id);
+        let (out, trace) = straced(&s, "flock,fsync,fdatasync,mkdir,mkdirat", &argv);
+        expect_exit(&out, 0);
+        assert!(
+            trace.contains("mkdirat"),
+            "{args:?}: a hash directory was made:\n{trace}"
+        );
+        let mut locked = false;
+        for l in trace.lines() {
+            if l.contains("flock(")
+                && l.contains(&id)
+                && l.contains("LOCK_EX")
+                && l.ends_with("= 0")
+            {
+                locked = true;
+            } else if l.contains("flock(") && l.contains(&id) && l.contains("LOCK_UN") {
+                locked = false;
+            } else if locked && (l.contains("fsync(") || l.contains("mkdir")) {
+                panic!("{args:?}: {l:?} while posthold holds a lock on {id}:\n{trace}");
+            }
         }
     }
 }
@@ -718,4 +726,32 @@ fn old_mail_from_a_slow_rcpt_stage_is_requeued_not_bounced() {
     let out = run(pf.posthold("release").args(["--old-after", "8s", &id]));
     let text = expect_exit(&out, 0);
     assert!(text.contains("moved to maildrop"), "{text}");
+}
+
+// Defect 1's other side: a rule that requeues sends mail round through
+// maildrop at most once, although the copy comes back seconds after its
+// arrival (by age alone it cannot be told from mail with a slow RCPT
+// stage: the daemon remembers the arrival times it requeued).
+#[test]
+fn a_requeue_rule_sends_mail_round_once() {
+    require_postfix();
+    let (pf, rules) = instance_with_rules(
+        "[[rule]]\nname = \"again\"\nheader = \"Subject\"\nheader_value = \"requeue me\"\naction = \"requeue\"\n",
+    );
+    let d = Daemon::start(&pf, &["--rules", rules.to_str().unwrap()]);
+    pf.send(
+        "a@posthold.test",
+        &["b@posthold.test"],
+        b"Subject: HOLD requeue me\n\nbody\n",
+    );
+    let log = wait_for_log(&d, &["reason=requeue-loop-guard"], 90);
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, log2) = d.term();
+    assert!(log.contains("reason=requeue-loop-guard"), "{log2}");
+    assert_eq!(
+        log2.matches(": requeue, reason=rule").count(),
+        1,
+        "sent round once:\n{log2}"
+    );
+    assert_eq!(pf.held().len(), 1, "the copy stays held: {log2}");
 }

@@ -5,6 +5,8 @@
 //! * `cat_differential`: `posthold cat` against live `postcat` on
 //!   deterministic mutations of every fixture, every option set: same bytes,
 //!   same success or failure, never a hang or a panic;
+//! * `decisions`: decisions that hold up in production: due dates never
+//!   early, unreadable queue files told, counted and checked;
 //! * `fixtures`: posthold against the reference outputs captured from a real
 //!   Postfix 3.7 (`fixtures/`), and against live `postcat` on the same files
 //!   with many option combinations;
@@ -35,6 +37,7 @@ mod audit;
 mod bad_input;
 mod cat_differential;
 mod crash;
+mod decisions;
 mod fixtures;
 mod model;
 mod mover;

@@ -162,13 +162,17 @@ pub fn run(
     json: bool,
     out: &mut dyn Write,
 ) -> Result<i32, Fatal> {
-    let _exclusive = if repair == Repair::Yes {
+    let exclusive = if repair == Repair::Yes {
         Some(spool.exclusive()?)
     } else {
         None
     };
     let findings = check(spool, repair, not_ready_after);
-    if let Err(e) = spool.sync_dirs() {
+    let synced = spool.sync_dirs();
+    // Printed after the queue lock is released: a stalled reader (a pager)
+    // must not hold up the daemon.
+    drop(exclusive);
+    if let Err(e) = synced {
         eprintln!("posthold: warning: fsync of queue directories: {e}");
     }
     let werr = |e: std::io::Error| Fatal::runtime(format!("write error: {e}"));

@@ -107,12 +107,20 @@ pub fn run(
         Some(spool.exclusive()?)
     };
     let locs: Vec<Result<Location, String>> = match targets {
-        None => action
-            .sources()
-            .iter()
-            .flat_map(|q| spool.entries(q))
-            .map(Ok)
-            .collect(),
+        // A queue that cannot be read is an error, never "0 done".
+        None => {
+            let mut all = Vec::new();
+            for q in action.sources() {
+                all.extend(
+                    spool
+                        .entries(q)
+                        .map_err(|e| Fatal::runtime(e.to_string()))?
+                        .into_iter()
+                        .map(Ok),
+                );
+            }
+            all
+        }
         Some(ids) => {
             let mut seen = BTreeSet::new();
             ids.into_iter()
@@ -159,8 +167,12 @@ pub fn run(
     if progress {
         eprintln!();
     }
-    if let Err(e) = spool.sync_dirs() {
-        eprintln!("posthold: warning: fsync of queue directories: {e}");
+    // S13: the moves are durable before any line says so; if the fsync
+    // fails, the lines say what was done and the exit status that it may
+    // not survive a power loss.
+    let synced = spool.sync_dirs();
+    if let Err(e) = &synced {
+        eprintln!("posthold: fsync of {e}: the moves may not survive a power loss");
     }
     // One wake-up per service, after all moves (Postfix ignores failures).
     trig.send(&spool.cfg);
@@ -190,5 +202,9 @@ pub fn run(
         writeln!(out, "{summary}").map_err(werr)?;
     }
     out.flush().map_err(werr)?;
-    Ok(if skipped + failed > 0 { 1 } else { 0 })
+    Ok(if skipped + failed > 0 || synced.is_err() {
+        1
+    } else {
+        0
+    })
 }

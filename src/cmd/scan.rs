@@ -28,7 +28,9 @@ pub struct ScanOpts {
 fn locations(spool: &Spool, ids: &[String]) -> Result<(Vec<Location>, Vec<String>), Fatal> {
     let mut missing = Vec::new();
     let locs = match read_targets(ids)? {
-        None => spool.entries("hold"),
+        None => spool
+            .entries("hold")
+            .map_err(|e| Fatal::runtime(e.to_string()))?,
         Some(ids) => ids
             .into_iter()
             .filter_map(|id| {
@@ -53,8 +55,12 @@ fn judge(
     loc: &Location,
     stop: &AtomicBool,
 ) -> (String, bool) {
-    let Some((_, facts, _, _)) = facts_of(cfg, root, loc, rules.requeue_after) else {
-        return (format!("{}: not readable or not committed", loc.id), false);
+    let facts = match facts_of(cfg, root, loc, rules.requeue_after) {
+        Ok(held) => held.facts,
+        Err(u) if u.damaged().is_some() => {
+            return (format!("{}: would keep (unreadable: {u})", loc.id), false);
+        }
+        Err(_) => return (format!("{}: not readable or not committed", loc.id), false),
     };
     let mut results: Vec<(usize, Answer)> = Vec::new();
     let mut said = Vec::new();

@@ -3,6 +3,7 @@
 //! counts it, and logs it once it is durable: directory fsyncs, log lines
 //! and wake-ups for qmgr and pickup are batched ([`Actor::flush`]).
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
@@ -44,7 +45,16 @@ pub struct Actor {
     trig: Triggers,
     /// Lines of moves done, logged once the moves are durable.
     pending: Vec<String>,
+    /// Arrival times (`T`) of the messages this daemon requeued, with when:
+    /// a copy keeps `T`, so a rule that requeues never sends the copy round
+    /// again, however young it is (by age alone a copy made seconds after
+    /// arrival cannot be told from mail with a slow RCPT stage).
+    sent_round: HashMap<(i64, i64), i64>,
 }
+
+/// How long the daemon remembers what it requeued (pickup takes a copy
+/// within a minute; a week covers a stopped Postfix).
+const SENT_ROUND_MEMORY: i64 = 7 * 86400;
 
 impl Actor {
     /// An actor on `spool`.
@@ -61,6 +71,7 @@ impl Actor {
             stop,
             trig: Triggers::default(),
             pending: Vec::new(),
+            sent_round: HashMap::new(),
         }
     }
 
@@ -74,7 +85,10 @@ impl Actor {
             },
             // A rule that requeues while header_checks holds the copy again
             // would loop: never requeue mail that is itself a fresh copy.
-            Verdict::Requeue if d.requeued_copy => {
+            Verdict::Requeue
+                if d.requeued_copy
+                    || d.arrival.is_some_and(|a| self.sent_round.contains_key(&a)) =>
+            {
                 self.log.log(&format!(
                     "{}: keep, reason=requeue-loop-guard, {}",
                     d.loc.id, d.reason
@@ -136,6 +150,13 @@ impl Actor {
             o.status
         );
         if o.done() {
+            if action == Action::Requeue
+                && let Some(a) = d.arrival
+            {
+                let now = now();
+                self.sent_round.retain(|_, t| now - *t < SENT_ROUND_MEMORY);
+                self.sent_round.insert(a, now);
+            }
             // Reported once durable (Actor::flush).
             self.pending.push(line);
             return Performed::Done;

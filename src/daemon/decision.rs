@@ -30,6 +30,9 @@ pub struct Decision {
     pub committed_us: i64,
     /// Whether the message is a copy made by requeueing (never requeued again).
     pub requeued_copy: bool,
+    /// Its arrival time (`T`), which a copy made by requeueing keeps: the
+    /// daemon remembers what it requeued by it.
+    pub arrival: Option<(i64, i64)>,
     /// Kept for now; look again at this time (seconds): a scan failed or
     /// its scanner was busy.
     pub retry_at: Option<i64>,

@@ -76,11 +76,29 @@ impl Logger {
 
     /// Logs one line (`posthold[PID]: ` is prepended).
     pub fn log(&self, line: &str) {
+        // facility mail (2), severity info (6): <22>
+        self.send(22, line);
+    }
+
+    /// Logs one line at warning level: `warning: ` after the queue ID or
+    /// at the start, as Postfix writes its warnings; severity warning (4)
+    /// for syslog.
+    pub fn warn(&self, line: &str) {
+        let line = match line.split_once(": ") {
+            Some((id, rest)) if queue_format::queue_id::is_legal(id) => {
+                format!("{id}: warning: {rest}")
+            }
+            _ => format!("warning: {line}"),
+        };
+        // facility mail (2), severity warning (4): <20>
+        self.send(20, &line);
+    }
+
+    fn send(&self, priority: u8, line: &str) {
         let pid = std::process::id();
         match &self.sink {
-            // facility mail (2), severity info (6): <22>
             Sink::Syslog(s) => {
-                let _ = s.send(format!("<22>posthold[{pid}]: {line}").as_bytes());
+                let _ = s.send(format!("<{priority}>posthold[{pid}]: {line}").as_bytes());
             }
             Sink::Stderr(b) => {
                 if let Ok(mut b) = b.lock() {

@@ -31,6 +31,9 @@ pub struct Shared {
     /// Messages whose action the gate refuses for a lasting reason (two
     /// links, a wrong owner, ...): retried with backoff, shown by `check`.
     pub refused: usize,
+    /// Messages kept because their queue file cannot be read (damaged, or
+    /// a record type posthold does not know).
+    pub damaged: usize,
     /// Actions done, by (action, reason).
     pub actions: BTreeMap<(String, String), u64>,
     /// Actions that failed (the message stayed where it was).
@@ -161,6 +164,8 @@ pub fn render(cfg: &Config, shared: &Shared, now: i64) -> String {
     s.push_str(&format!("posthold_bad_dates {}\n", shared.bad_dates));
     s.push_str("# HELP posthold_refused_messages Messages whose action is refused for a lasting reason (see posthold check).\n# TYPE posthold_refused_messages gauge\n");
     s.push_str(&format!("posthold_refused_messages {}\n", shared.refused));
+    s.push_str("# HELP posthold_damaged_messages Held messages whose queue file posthold cannot read (damaged, or a newer queue format).\n# TYPE posthold_damaged_messages gauge\n");
+    s.push_str(&format!("posthold_damaged_messages {}\n", shared.damaged));
     s.push_str("# HELP posthold_actions_total Actions done, by action and reason.\n# TYPE posthold_actions_total counter\n");
     for ((a, r), n) in &shared.actions {
         s.push_str(&format!(

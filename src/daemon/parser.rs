@@ -31,8 +31,32 @@ pub fn look(
     board: &Board,
     loc: &Location,
 ) -> Option<Decision> {
+    let held = match facts_of(cfg, root, loc, brain.rules.requeue_after) {
+        Ok(h) => h,
+        // A committed file whose records cannot be read (damaged, or a
+        // newer queue format): kept, and told, once.
+        Err(u) => {
+            let ino = u.damaged()?;
+            return Some(Decision {
+                loc: loc.clone(),
+                ino,
+                verdict: Verdict::Keep,
+                due: None,
+                reason: Reason::Damaged {
+                    error: u.what().chars().take(200).collect(),
+                },
+                held: 0,
+                decided: now(),
+                committed_us: now_ms() * 1000,
+                requeued_copy: false,
+                arrival: None,
+                retry_at: None,
+                generation: brain.generation,
+            });
+        }
+    };
     let (ino, facts, committed_us, requeued_copy) =
-        facts_of(cfg, root, loc, brain.rules.requeue_after)?;
+        (held.ino, held.facts, held.committed_us, held.requeued_copy);
     let results = if brain.rules.scanners.is_empty() {
         Vec::new()
     } else {
@@ -49,6 +73,7 @@ pub fn look(
         decided: now,
         committed_us,
         requeued_copy,
+        arrival: held.arrival,
         retry_at: None,
         generation: brain.generation,
     };

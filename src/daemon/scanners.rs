@@ -185,6 +185,7 @@ fn scan_worker(ctx: Arc<ScanCtx>, rx: Receiver<Job>) {
                     decided: now(),
                     committed_us,
                     requeued_copy: false,
+                    arrival: None,
                     retry_at: Some(st.retry_ms.div_euclid(1000) + 1),
                     generation,
                 };

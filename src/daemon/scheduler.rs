@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use super::decision::Decision;
 use super::logger::Logger;
 use super::metrics::Shared;
-use crate::rules::Verdict;
+use crate::rules::{Reason, Verdict};
 use crate::util::rfc3339;
 
 /// Seconds before a failed action (file locked, raced) is tried again the
@@ -62,6 +62,9 @@ enum State {
     Keep,
     /// Kept because of a bad date (unreadable, or beyond the horizon).
     KeepBad,
+    /// Kept because its queue file cannot be read (damaged, or a newer
+    /// queue format).
+    KeepDamaged,
     /// A release (or a retried action) at `due`.
     Scheduled,
     /// An action the gate refused for a lasting reason, tried again at
@@ -108,6 +111,8 @@ pub struct Scheduler {
     bad: usize,
     /// Entries in [`State::Refused`].
     refused: usize,
+    /// Entries in [`State::KeepDamaged`].
+    damaged: usize,
     log: Logger,
     metrics: Arc<Mutex<Shared>>,
 }
@@ -122,6 +127,7 @@ impl Scheduler {
             scheduled: 0,
             bad: 0,
             refused: 0,
+            damaged: 0,
             log,
             metrics,
         }
@@ -145,6 +151,7 @@ impl Scheduler {
             State::Scheduled => self.scheduled += 1,
             State::KeepBad => self.bad += 1,
             State::Refused => self.refused += 1,
+            State::KeepDamaged => self.damaged += 1,
             State::Keep | State::Retry | State::Looking | State::Acting => {}
         }
         if matches!(e.state, State::Scheduled | State::Retry | State::Refused) {
@@ -159,6 +166,7 @@ impl Scheduler {
             State::Scheduled => self.scheduled -= 1,
             State::KeepBad => self.bad -= 1,
             State::Refused => self.refused -= 1,
+            State::KeepDamaged => self.damaged -= 1,
             State::Keep | State::Retry | State::Looking | State::Acting => {}
         }
         Some(e)
@@ -219,6 +227,10 @@ impl Scheduler {
                     ));
                 }
             }
+            State::KeepDamaged => self.log.warn(&format!(
+                "{}: keep, {}: a queue file posthold cannot read (damaged, or a newer queue format)",
+                d.loc.id, d.reason
+            )),
             State::Keep | State::KeepBad | State::Looking | State::Refused | State::Acting => {
                 self.log.log(&format!(
                     "{}: keep, {}, held={}s",
@@ -262,7 +274,11 @@ impl Scheduler {
                     self.insert_entry(ino, e);
                     return Some(Due::Act { ino, id });
                 }
-                State::Keep | State::KeepBad | State::Looking | State::Acting => continue,
+                State::Keep
+                | State::KeepBad
+                | State::KeepDamaged
+                | State::Looking
+                | State::Acting => continue,
             }
         }
         None
@@ -326,7 +342,7 @@ impl Scheduler {
     pub fn reload(&mut self) {
         self.entries.clear();
         self.heap.clear();
-        (self.scheduled, self.bad, self.refused) = (0, 0, 0);
+        (self.scheduled, self.bad, self.refused, self.damaged) = (0, 0, 0, 0);
     }
 
     /// Forgets messages that left hold by other means (postsuper, an
@@ -384,6 +400,7 @@ impl Scheduler {
         m.next_due = self.heap.peek().map(|Reverse((t, _))| t / 1000);
         m.bad_dates = self.bad;
         m.refused = self.refused;
+        m.damaged = self.damaged;
     }
 }
 
@@ -394,6 +411,9 @@ fn classify(d: &Decision, now_ms: i64) -> Option<State> {
     match (&d.verdict, d.due) {
         (Verdict::Keep, _) if d.retry_at.is_some() => Some(State::Retry),
         (Verdict::Keep, _) if d.reason.is_bad_date() => Some(State::KeepBad),
+        (Verdict::Keep, _) if matches!(d.reason, Reason::Damaged { .. }) => {
+            Some(State::KeepDamaged)
+        }
         (Verdict::Keep, _) => Some(State::Keep),
         (Verdict::ReleaseAt(_), Some(due)) if due > now => Some(State::Scheduled),
         _ => None, // act now
@@ -404,7 +424,6 @@ fn classify(d: &Decision, now_ms: i64) -> Option<State> {
 mod tests {
     use super::*;
     use crate::queue::spool::Location;
-    use crate::rules::Reason;
 
     const NOW: i64 = 1_800_000_000;
 
@@ -429,6 +448,7 @@ mod tests {
             decided: NOW,
             committed_us: (NOW - 1) * 1_000_000,
             requeued_copy: false,
+            arrival: None,
             retry_at: None,
             generation: 1,
         }

@@ -76,7 +76,9 @@ impl Spool {
             &dir,
             "posthold-watch.pid",
             OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o644),
+            // 0600: a user who could open it could take a read lock and
+            // keep the daemon from starting.
+            Mode::from_bits_truncate(0o600),
         )
         .map_err(err)?;
         let file = File::from(fd);

@@ -286,10 +286,16 @@ pub fn move_to(
     // 3. The target directory (created 0700 mail_owner). S6: a missing one
     //    takes a mkdir and fsyncs; posthold's flock is released first, so
     //    that a qmgr that wants the file never waits on us meanwhile.
-    if spool.dir_cached(&to.dir).is_err() {
+    let made = spool.dir_cached(&to.dir).is_err();
+    if made {
         let _ = adm.file.unlock();
     }
     let dst = target_dir(spool, &to.dir, &loc)?;
+    // The flock was off while the directory was made: check again that
+    // the name is still the admitted file before anything is changed.
+    if made && !still_ours(&src) {
+        return Err(MoveError::new(MoveErrorKind::Raced, &loc));
+    }
     // S2: one file system. Checked here as well as by the kernel (EXDEV).
     if spool.dir_device(&to.dir) != Some(adm.st.st_dev) {
         return Err(MoveError::new(MoveErrorKind::CrossDevice, &loc));
@@ -331,8 +337,8 @@ pub fn move_to(
     }
     // 7. Record the change first: whatever the check below says, the
     //    rename happened and both directories need their fsync.
-    spool.changed(&to.dir);
-    spool.changed(&loc.dir);
+    spool.changed(&to.dir, &dst);
+    spool.changed(&loc.dir, &src);
     //    The target name refers to the same inode (name and ID agree). It
     //    may already be gone: qmgr takes mail out of incoming within
     //    milliseconds. Only a different file there would be an anomaly.
@@ -369,6 +375,10 @@ pub fn rename_id(spool: &Spool, adm: Admitted, new_id: &str) -> Result<Location,
             format!("new ID {new_id} does not match inode {}", adm.st.st_ino),
         ));
     }
+    // S6: no lock across the mkdirs, renames and fsyncs below (the queue
+    // lock keeps other posthold processes away; the re-stats catch anyone
+    // else).
+    let _ = adm.file.unlock();
     let src = spool
         .dir(&loc.dir)
         .map_err(|e| MoveError::io(&loc, format!("open {}: {e}", loc.dir)))?;
@@ -516,7 +526,17 @@ pub fn delete(spool: &Spool, adm: Admitted) -> Result<(), MoveError> {
     //    inherit them.
     for log in ["defer", "bounce", "trace"] {
         let dir = spool.queue_dir(log, &aside.id);
-        if let Ok(d) = spool.dir(&dir) {
+        let d = match spool.dir(&dir) {
+            Ok(d) => Some(d),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
+            // A log directory that cannot be opened (a symlink, no
+            // access) keeps the log: stop before the message goes, so that
+            // no later message with this ID inherits it (S10).
+            Err(e) => {
+                return Err(MoveError::io(&aside, format!("open {dir}: {e}")).with_state(state));
+            }
+        };
+        if let Some(d) = d {
             match unlinkat(&d, aside.id.as_str(), UnlinkatFlags::NoRemoveDir) {
                 Ok(()) if state == FileState::Unchanged => state = FileState::LogsRemoved,
                 Ok(()) | Err(Errno::ENOENT) => {}

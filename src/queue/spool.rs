@@ -7,7 +7,7 @@
 //! (`queue::relocate`, reached through [`super::act`]).
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -109,7 +109,7 @@ pub struct Spool {
     /// path again (zero: on every use).
     recheck: Duration,
     /// Directories changed by renames and not yet fsync'ed.
-    unsynced: RefCell<HashSet<String>>,
+    unsynced: RefCell<HashMap<String, Rc<OwnedFd>>>,
 }
 
 pub(crate) fn io(e: Errno) -> std::io::Error {
@@ -170,9 +170,11 @@ impl Spool {
         Ok(d)
     }
 
-    /// Whether the path `rel` still names the cached directory.
+    /// Whether the path `rel`, resolved without following a symlink in
+    /// any component (S5), still names the cached directory.
     fn still_there(&self, rel: &str, c: &Cached) -> bool {
-        fstatat(&self.root, rel, AtFlags::AT_SYMLINK_NOFOLLOW)
+        open_beneath(&self.root, rel, OFlag::O_PATH | OFlag::O_DIRECTORY)
+            .and_then(|fd| fstat(&fd))
             .is_ok_and(|st| (st.st_dev, st.st_ino) == (c.dev, c.ino))
     }
 
@@ -187,25 +189,28 @@ impl Spool {
         self.dirs.borrow().get(rel).map(|c| c.dev)
     }
 
-    /// Notes that a rename changed directory `rel`.
-    pub fn changed(&self, rel: &str) {
-        self.unsynced.borrow_mut().insert(rel.to_string());
+    /// Notes that a rename changed directory `rel`, through the handle
+    /// `fd` (the very directory the rename wrote to is the one fsynced,
+    /// even if the path names another one by then).
+    pub fn changed(&self, rel: &str, fd: &Rc<OwnedFd>) {
+        self.unsynced
+            .borrow_mut()
+            .insert(rel.to_string(), Rc::clone(fd));
     }
 
     /// fsyncs every directory changed since the last call. Bulk commands
-    /// call it once at the end: a rename is atomic whether or not its
+    /// call it once at the end, the daemon once per batch, both before
+    /// they report the moves: a rename is atomic whether or not its
     /// directory was synced, so a crash or power loss before this point
     /// leaves each message either moved or not moved, never both or
-    /// neither; the sync only makes the moves durable.
+    /// neither; the sync makes the moves durable.
     // Assumption A4: a rename is atomic across a crash, synced or not.
     pub fn sync_dirs(&self) -> std::io::Result<()> {
-        let dirs: Vec<String> = self.unsynced.borrow_mut().drain().collect();
+        let dirs: Vec<(String, Rc<OwnedFd>)> = self.unsynced.borrow_mut().drain().collect();
         let mut first_err = None;
-        for rel in dirs {
-            if let Ok(d) = self.dir_cached(&rel)
-                && let Err(e) = nix::unistd::fsync(&*d)
-            {
-                first_err.get_or_insert(io(e));
+        for (rel, d) in dirs {
+            if let Err(e) = nix::unistd::fsync(&*d) {
+                first_err.get_or_insert(std::io::Error::other(format!("{rel}: {e}")));
             }
         }
         first_err.map_or(Ok(()), Err)

@@ -64,6 +64,11 @@ fn fifo(path: &Path, request: &[u8]) -> bool {
     else {
         return false;
     };
+    // What was opened must itself be a FIFO (not a file swapped in since
+    // the lstat): a wake-up never writes into anything else.
+    if !f.metadata().is_ok_and(|m| m.file_type().is_fifo()) {
+        return false;
+    }
     f.write_all(request).is_ok()
 }
 

@@ -165,19 +165,36 @@ impl Iterator for Walk {
 impl Spool {
     /// Every entry with a legal name in `queue`, descending into hash
     /// directories when the queue is hashed. Illegal names (temporary
-    /// files, `#FIX` names) are not returned: no one may act on them.
-    /// Directories that cannot be read are skipped.
-    pub fn entries(&self, queue: &str) -> Vec<Location> {
-        walk(&self.cfg, queue, Descend::for_queue(&self.cfg, queue))
-            .flatten()
-            .filter(|f| !f.is_hash_dir())
-            .filter_map(|f| {
-                Some(Location {
+    /// files, `#FIX` names) are not returned: no one may act on them. A
+    /// queue whose directory cannot be read is an error (a quarantine not
+    /// made yet is empty); a hash directory that cannot be read is skipped.
+    pub fn entries(&self, queue: &str) -> Result<Vec<Location>, WalkError> {
+        let top = self.cfg.queue_directory.join(queue);
+        let mut out = Vec::new();
+        for f in walk(&self.cfg, queue, Descend::for_queue(&self.cfg, queue)) {
+            let f = match f {
+                Ok(f) => f,
+                Err(e) if e.path == top => {
+                    if queue == super::spool::QUARANTINE
+                        && e.error.kind() == std::io::ErrorKind::NotFound
+                    {
+                        break;
+                    }
+                    return Err(e);
+                }
+                Err(_) => continue,
+            };
+            if f.is_hash_dir() {
+                continue;
+            }
+            if let Some(id) = f.id() {
+                out.push(Location {
                     queue: queue.to_string(),
-                    id: f.id()?.to_string(),
+                    id: id.to_string(),
                     dir: f.dir,
-                })
-            })
-            .collect()
+                });
+            }
+        }
+        Ok(out)
     }
 }

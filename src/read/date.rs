@@ -11,7 +11,13 @@
 //!   `PDT`, ...; military letters other than `Z` are taken as `-0000`, as
 //!   RFC 5322 advises);
 //! * ISO 8601 / RFC 3339: `2026-11-23T12:00:00Z`, `2026-11-23T12:00+01:00`,
-//!   `2026-11-23 12:00:00 +0100`; a date and time without a zone is UTC.
+//!   `2026-11-23 12:00:00 +0100`.
+//!
+//! A date and time without a zone is returned as such ([`Due::NoZone`]):
+//! taking it as UTC would deliver mail hours early for senders west of
+//! UTC, so the rules decide (a bad date unless they name a zone to
+//! assume). Obsolete years follow RFC 5322 4.3: two digits 00-49 are 20xx,
+//! 50-99 are 19xx, three digits are 1900 + year.
 
 use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
 
@@ -55,7 +61,7 @@ fn obsolete_zone(z: &str) -> Option<&'static str> {
     })
 }
 
-fn rfc5322(s: &str) -> Option<DateTime<FixedOffset>> {
+fn rfc5322(s: &str) -> Option<Due> {
     // Drop the day of the week, normalise the zone, add missing seconds.
     let s = match s.split_once(',') {
         Some((dow, rest))
@@ -66,8 +72,9 @@ fn rfc5322(s: &str) -> Option<DateTime<FixedOffset>> {
         _ => s,
     };
     let mut parts: Vec<String> = s.split_whitespace().map(str::to_string).collect();
+    let zoned = parts.len() == 5;
     if parts.len() == 4 {
-        parts.push("+0000".into()); // no zone: UTC
+        parts.push("+0000".into()); // no zone: read as UTC, then marked
     }
     if parts.len() != 5 {
         return None;
@@ -78,19 +85,30 @@ fn rfc5322(s: &str) -> Option<DateTime<FixedOffset>> {
     if parts[3].matches(':').count() == 1 {
         parts[3].push_str(":00");
     }
-    // Two-digit years (obsolete): 00-49 -> 20xx, 50-99 -> 19xx.
-    if parts[2].len() == 2
+    // Obsolete years (RFC 5322 4.3): 00-49 -> 20xx, 50-99 -> 19xx, and
+    // three digits -> 1900 + year.
+    if (2..=3).contains(&parts[2].len())
         && let Ok(y) = parts[2].parse::<u32>()
     {
-        parts[2] = (if y < 50 { 2000 + y } else { 1900 + y }).to_string();
+        parts[2] = (if parts[2].len() == 2 && y < 50 {
+            2000 + y
+        } else {
+            1900 + y
+        })
+        .to_string();
     }
     let norm = parts.join(" ");
-    DateTime::parse_from_str(&norm, "%d %b %Y %H:%M:%S %z").ok()
+    let t = DateTime::parse_from_str(&norm, "%d %b %Y %H:%M:%S %z").ok()?;
+    Some(if zoned {
+        Due::At(t)
+    } else {
+        Due::NoZone(t.naive_utc())
+    })
 }
 
-fn iso8601(s: &str) -> Option<DateTime<FixedOffset>> {
+fn iso8601(s: &str) -> Option<Due> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Some(t);
+        return Some(Due::At(t));
     }
     let s = s.replacen(' ', "T", 1);
     for fmt in [
@@ -102,29 +120,64 @@ fn iso8601(s: &str) -> Option<DateTime<FixedOffset>> {
         "%Y-%m-%dT%H:%M%:z",
     ] {
         if let Ok(t) = DateTime::parse_from_str(&s, fmt) {
-            return Some(t);
+            return Some(Due::At(t));
         }
     }
-    let s = s.trim_end_matches('Z');
+    // A trailing Z is UTC; without it there is no zone.
+    let (s, utc) = match s.strip_suffix('Z') {
+        Some(rest) => (rest, true),
+        None => (s.as_str(), false),
+    };
     for fmt in [
         "%Y-%m-%dT%H:%M:%S",
         "%Y-%m-%dT%H:%M",
         "%Y-%m-%dT%H:%M:%S%.f",
     ] {
         if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
-            return Some(Utc.from_utc_datetime(&t).fixed_offset());
+            return Some(if utc {
+                Due::At(Utc.from_utc_datetime(&t).fixed_offset())
+            } else {
+                Due::NoZone(t)
+            });
         }
     }
     None
 }
 
+/// A due-time header's date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// A date and time with its zone.
+    At(DateTime<FixedOffset>),
+    /// A date and time with no zone: whose local time it is, the header
+    /// does not say.
+    NoZone(NaiveDateTime),
+}
+
+impl Due {
+    /// The instant, taking a zone-less time in `zone` (`None`: no
+    /// instant).
+    pub fn at(self, zone: Option<FixedOffset>) -> Option<DateTime<FixedOffset>> {
+        match self {
+            Due::At(t) => Some(t),
+            Due::NoZone(t) => zone?.from_local_datetime(&t).single(),
+        }
+    }
+}
+
 /// Parses a due-time header value; `None` when it is empty or not a date.
-pub fn parse(value: &str) -> Option<DateTime<FixedOffset>> {
+pub fn read(value: &str) -> Option<Due> {
     let v = unfold(&strip_comments(&unfold(value)));
     if v.is_empty() {
         return None;
     }
     rfc5322(&v).or_else(|| iso8601(&v))
+}
+
+/// Parses a due-time header value as an instant, taking a zone-less one
+/// as UTC (for tests and tools that want an instant whatever happens).
+pub fn parse(value: &str) -> Option<DateTime<FixedOffset>> {
+    read(value)?.at(Some(FixedOffset::east_opt(0).expect("BUG: UTC offset")))
 }
 
 #[cfg(test)]
@@ -163,9 +216,42 @@ mod tests {
             Some(t),
             "two-digit year"
         );
+        assert_eq!(
+            read("23 Nov 126 09:20:00 +0000")
+                .and_then(|d| d.at(None))
+                .map(|t| t.timestamp()),
+            Some(t),
+            "three-digit year (RFC 5322 4.3): 1900 + 126"
+        );
         assert_eq!(ts("2026-11-23T09:20:00Z"), Some(t), "RFC 3339");
         assert_eq!(ts("2026-11-23T10:20:00+01:00"), Some(t));
-        assert_eq!(ts("2026-11-23 09:20:00"), Some(t), "no zone: UTC");
+        assert_eq!(
+            ts("2026-11-23 09:20:00"),
+            Some(t),
+            "parse() takes no zone as UTC"
+        );
+        // read() says when there is no zone; only a zone given makes it an instant.
+        for v in [
+            "2026-11-23 09:20:00",
+            "2026-11-23T09:20",
+            "23 Nov 2026 09:20:00",
+            "Mon, 23 Nov 2026 09:20",
+        ] {
+            let d = read(v).unwrap_or_else(|| panic!("{v}"));
+            assert!(matches!(d, Due::NoZone(_)), "{v}: {d:?}");
+            assert_eq!(d.at(None), None, "{v}");
+            let west = FixedOffset::west_opt(5 * 3600).unwrap();
+            assert_eq!(
+                d.at(Some(west)).map(|x| x.timestamp()),
+                Some(t + 5 * 3600),
+                "{v}"
+            );
+        }
+        assert!(matches!(read("2026-11-23T09:20:00Z"), Some(Due::At(_))));
+        assert!(matches!(
+            read("Mon, 23 Nov 2026 09:20:00 -0000"),
+            Some(Due::At(_))
+        ));
         assert_eq!(ts("2026-11-23T09:20"), Some(t));
         assert_eq!(ts("2026-11-23 10:20:00 +0100"), Some(t));
     }

@@ -23,11 +23,36 @@ use crate::util::now;
 /// A message that cannot be read (gone, replaced, not committed, damaged):
 /// what and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unreadable(pub String);
+pub struct Unreadable {
+    what: String,
+    damaged: Option<u64>,
+}
+
+impl Unreadable {
+    /// Gone, replaced, not committed yet: a later event or scan decides.
+    fn passing(what: String) -> Unreadable {
+        Unreadable {
+            what,
+            damaged: None,
+        }
+    }
+
+    /// What went wrong, where first.
+    pub fn what(&self) -> &str {
+        &self.what
+    }
+
+    /// The inode of a committed queue file whose records cannot be read
+    /// (damaged, or a record type posthold does not know: a newer queue
+    /// format): this will not heal by waiting.
+    pub fn damaged(&self) -> Option<u64> {
+        self.damaged
+    }
+}
 
 impl std::fmt::Display for Unreadable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.what)
     }
 }
 
@@ -106,7 +131,7 @@ impl Message {
         need: Need,
     ) -> Result<Message, Unreadable> {
         let path = Path::new(rel);
-        let gone = |e: std::io::Error| Unreadable(format!("{}: {e}", path.display()));
+        let gone = |e: std::io::Error| Unreadable::passing(format!("{}: {e}", path.display()));
         // S12: read-only, no symlink in any component (S5), no blocking on
         // a FIFO; no lock taken.
         let file = open_beneath(root, rel, OFlag::O_RDONLY | OFlag::O_NONBLOCK)
@@ -114,25 +139,29 @@ impl Message {
             .map_err(|e| gone(std::io::Error::from_raw_os_error(e as i32)))?;
         let meta = file.metadata().map_err(gone)?;
         if !meta.file_type().is_file() || meta.mode() & 0o700 != 0o700 {
-            return Err(Unreadable(format!(
+            return Err(Unreadable::passing(format!(
                 "{}: not a committed queue file",
                 path.display()
             )));
         }
         // S12: committed (Assumption A1), and the inode asked for.
         if ino.is_some_and(|i| i != meta.ino()) {
-            return Err(Unreadable(format!("{}: replaced", path.display())));
+            return Err(Unreadable::passing(format!("{}: replaced", path.display())));
         }
         let len = meta.len();
-        let bad = |e: queue_format::Error| Unreadable(format!("{}: {e}", path.display()));
+        let ino = meta.ino();
+        let bad = |e: queue_format::Error| Unreadable {
+            what: format!("{}: {e}", path.display()),
+            damaged: Some(ino),
+        };
         let mut rd = Reader::with_len(BufReader::new(&file), len, Mode::LOGICAL);
         let env = read_envelope(&mut rd).map_err(bad)?;
         if need == Need::Complete {
             env.check_complete().map_err(bad)?;
         }
-        let mesg_at = env
-            .content_offset
-            .ok_or_else(|| Unreadable(format!("{}: no message content", path.display())))?;
+        let mesg_at = env.content_offset.ok_or_else(|| {
+            Unreadable::passing(format!("{}: no message content", path.display()))
+        })?;
         let headers = if headers == Headers::Read {
             // Reading stops at the first body line.
             queue_format::queue_file::read_headers(&mut rd, mesg_at).map_err(bad)?
@@ -167,14 +196,14 @@ impl Message {
         // The reader counts positions from where the file offset is.
         (&self.file)
             .seek(std::io::SeekFrom::Start(0))
-            .map_err(|e| Unreadable(format!("{}: {e}", self.id)))?;
+            .map_err(|e| Unreadable::passing(format!("{}: {e}", self.id)))?;
         let mut rd = Reader::with_len(
             BufReader::with_capacity(64 * 1024, &self.file),
             self.len,
             Mode::LOGICAL,
         );
         let mut content = MessageContent::new(&mut rd, self.mesg_at)
-            .map_err(|e| Unreadable(format!("{}: {e}", self.id)))?;
+            .map_err(|e| Unreadable::passing(format!("{}: {e}", self.id)))?;
         f(&mut content)
     }
 
@@ -182,7 +211,7 @@ impl Message {
     pub fn content_len(&self) -> Result<u64, Unreadable> {
         self.with_content(|r| {
             std::io::copy(r, &mut std::io::sink())
-                .map_err(|e| Unreadable(format!("{}: {e}", self.id)))
+                .map_err(|e| Unreadable::passing(format!("{}: {e}", self.id)))
         })
     }
 }
@@ -205,6 +234,14 @@ pub struct Facts {
 }
 
 impl Facts {
+    /// Every header named `name` (case-insensitive), in order.
+    pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The first header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -217,18 +254,39 @@ impl Facts {
 /// What the rules need of the held message at `loc`: its inode, its
 /// facts, its commit time (ctime, µs) and whether it is a copy made by
 /// requeueing (with `old_after` as the requeue threshold, see
-/// [`requeue_threshold`]). `None` when the file is gone, not committed, or unreadable
-/// (a later event or scan brings it back).
+/// [`requeue_threshold`]); or why it cannot be read (see [`Unreadable`]).
 pub fn facts_of(
     cfg: &Config,
     root: BorrowedFd<'_>,
     loc: &Location,
     old_after: Option<u64>,
-) -> Option<(u64, Facts, i64, bool)> {
-    let m = Message::open(root, &loc.path(), &loc.id, None, Headers::Read).ok()?;
-    let requeued = is_requeued_copy(&m.env, requeue_threshold(cfg, &m.env, old_after));
-    let (ino, ctime_us) = (m.ino, m.ctime_us);
-    Some((ino, m.into_facts(now()), ctime_us, requeued))
+) -> Result<Held, Unreadable> {
+    let m = Message::open(root, &loc.path(), &loc.id, None, Headers::Read)?;
+    let requeued_copy = is_requeued_copy(&m.env, requeue_threshold(cfg, &m.env, old_after));
+    let (ino, committed_us, arrival) = (m.ino, m.ctime_us, m.env.arrival);
+    Ok(Held {
+        ino,
+        facts: m.into_facts(now()),
+        committed_us,
+        requeued_copy,
+        arrival,
+    })
+}
+
+/// What [`facts_of`] reads of a held message.
+#[derive(Debug, Clone)]
+pub struct Held {
+    /// Its inode.
+    pub ino: u64,
+    /// What the rules see.
+    pub facts: Facts,
+    /// Its commit time (ctime, µs).
+    pub committed_us: i64,
+    /// A copy that already went round through maildrop (by age).
+    pub requeued_copy: bool,
+    /// Its arrival time (`T`: seconds, µs), which a copy made by
+    /// requeueing keeps.
+    pub arrival: Option<(i64, i64)>,
 }
 
 impl Message {

@@ -5,14 +5,17 @@
 //! [`super::Rules::judge`]. Reading the date itself is
 //! [`crate::read::date`].
 //!
-//! When a message has several due-time headers, the **first** one in the
-//! header wins (the one nearest the top, which the last relay or the client
-//! wrote; later ones are older or duplicated). A header that does not parse
-//! does not fall back to another: the message is reported as malformed.
+//! When a message carries several due-time headers (several of the rule's,
+//! or `X-Deliver-At` and `Deferred-Delivery` both), the **latest** date
+//! wins: mail is never delivered early because a sender wrote two dates. A
+//! header that does not parse, or names no zone when the rules name none
+//! to assume, makes the message a bad date; it never falls back to another.
 
 use super::reason::Reason;
 use super::verdict::{Ruling, Verdict};
-use crate::read::date::parse;
+use chrono::{DateTime, FixedOffset};
+
+use crate::read::date::read;
 use crate::read::message::Facts;
 
 /// Headers that carry a due time, in order of preference when the rules do
@@ -26,6 +29,8 @@ pub struct DueSettings<'a> {
     pub horizon: u64,
     /// What to do with bad dates.
     pub on_bad_date: &'a Verdict,
+    /// The zone of due times that name none (`None`: they are bad dates).
+    pub assume_zone: Option<FixedOffset>,
 }
 
 /// The one judge of a due date, for the rule named `rule` whose verdict
@@ -40,35 +45,68 @@ pub fn ruling(
     settings: DueSettings<'_>,
     now: i64,
 ) -> Ruling {
-    let value = f.header(header).unwrap_or("");
     let bad = |reason| Ruling {
         verdict: settings.on_bad_date.clone(),
         due: None,
         reason,
     };
-    match parse(value) {
-        None => bad(Reason::BadDate {
+    let bad_date = |h: &str, value: &str| {
+        bad(Reason::BadDate {
             rule: rule.to_string(),
-            header: header.to_string(),
+            header: h.to_string(),
             value: value.chars().take(80).collect(),
-        }),
-        Some(t)
-            if t.timestamp() > now.saturating_add(settings.horizon.min(i64::MAX as u64) as i64) =>
-        {
-            bad(Reason::BeyondHorizon {
-                rule: rule.to_string(),
-                header: header.to_string(),
-                at: t.to_rfc3339(),
-                due: t.timestamp(),
-            })
+        })
+    };
+    // Every due header the message carries, the rule's own first: all
+    // must be dates, and the latest wins (a sender who writes a past date
+    // and a future one gets the future one, never early).
+    let mut names: Vec<&str> = vec![header];
+    names.extend(
+        DUE_HEADERS
+            .iter()
+            .filter(|h| !h.eq_ignore_ascii_case(header)),
+    );
+    let mut latest: Option<(DateTime<FixedOffset>, &str)> = None;
+    let mut seen = false;
+    for h in names {
+        for value in f.headers_named(h) {
+            seen = true;
+            let Some(due) = read(value) else {
+                return bad_date(h, value);
+            };
+            // A time without a zone is a bad date unless the rules name
+            // the zone to assume: taken as UTC it would be hours early
+            // for senders west of UTC.
+            let Some(t) = due.at(settings.assume_zone) else {
+                return bad(Reason::NoZone {
+                    rule: rule.to_string(),
+                    header: h.to_string(),
+                    value: value.chars().take(80).collect(),
+                });
+            };
+            if latest.is_none_or(|(l, _)| t > l) {
+                latest = Some((t, h));
+            }
         }
-        Some(t) => Ruling {
-            verdict: release.clone(),
-            due: Some(t.timestamp()),
-            reason: Reason::Due {
-                header: header.to_string(),
-                rule: rule.to_string(),
-            },
+    }
+    let Some((t, h)) = latest else {
+        debug_assert!(!seen);
+        return bad_date(header, "");
+    };
+    if t.timestamp() > now.saturating_add(settings.horizon.min(i64::MAX as u64) as i64) {
+        return bad(Reason::BeyondHorizon {
+            rule: rule.to_string(),
+            header: h.to_string(),
+            at: t.to_rfc3339(),
+            due: t.timestamp(),
+        });
+    }
+    Ruling {
+        verdict: release.clone(),
+        due: Some(t.timestamp()),
+        reason: Reason::Due {
+            header: h.to_string(),
+            rule: rule.to_string(),
         },
     }
 }

@@ -106,6 +106,9 @@ pub struct Rules {
     pub horizon: u64,
     /// What to do with bad dates.
     pub on_bad_date: Verdict,
+    /// The zone of due times that name none (`None`: such times are bad
+    /// dates).
+    pub assume_zone: Option<chrono::FixedOffset>,
     /// Held longer than this: release through maildrop (`None`: half the lifetime).
     pub requeue_after: Option<u64>,
     /// Content scanners (`[scanner.NAME]`), by index.
@@ -238,6 +241,7 @@ impl Rules {
                     let settings = DueSettings {
                         horizon: self.horizon,
                         on_bad_date: &self.on_bad_date,
+                        assume_zone: self.assume_zone,
                     };
                     due::ruling(&rule.name, &rule.verdict, h, f, settings, now)
                 }

@@ -19,6 +19,7 @@ use crate::scan::{Address, Scanner, ScannerKind};
 #[serde(deny_unknown_fields)]
 struct FileSettings {
     horizon: Option<String>,
+    assume_zone: Option<String>,
     on_bad_date: Option<String>,
     requeue_after: Option<String>,
 }
@@ -81,6 +82,32 @@ struct RulesFile {
     rule: Vec<FileRule>,
     #[serde(default)]
     scanner: std::collections::BTreeMap<String, FileScanner>,
+}
+
+/// A fixed zone for `assume_zone`: `UTC` (or `GMT`, `Z`) or a numeric
+/// offset, `+0100` or `-05:00`, at most 14 hours.
+fn parse_zone(z: &str) -> Option<chrono::FixedOffset> {
+    let z = z.trim();
+    if ["UTC", "GMT", "Z"]
+        .iter()
+        .any(|u| z.eq_ignore_ascii_case(u))
+    {
+        return chrono::FixedOffset::east_opt(0);
+    }
+    let (sign, rest) = match z.as_bytes().first()? {
+        b'+' => (1, &z[1..]),
+        b'-' => (-1, &z[1..]),
+        _ => return None,
+    };
+    let digits: String = rest.chars().filter(|c| *c != ':').collect();
+    if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (h, m): (i32, i32) = (digits[..2].parse().ok()?, digits[2..].parse().ok()?);
+    if h > 14 || m > 59 {
+        return None;
+    }
+    chrono::FixedOffset::east_opt(sign * (h * 3600 + m * 60))
 }
 
 fn verdict(action: &str, due: Option<String>, header: Option<&String>) -> Result<Verdict, String> {
@@ -376,6 +403,7 @@ impl Rules {
                 .collect(),
             horizon: 366 * 86400,
             on_bad_date: Verdict::Keep,
+            assume_zone: None,
             requeue_after: None,
             scanners: Vec::new(),
         }
@@ -450,10 +478,17 @@ impl Rules {
         if horizon > 100 * 366 * 86400 {
             return Err("settings: horizon: at most 100 years".into());
         }
+        let assume_zone = match f.settings.assume_zone.as_deref() {
+            None => None,
+            Some(z) => Some(parse_zone(z).ok_or(format!(
+                "settings: assume_zone: {z:?} (UTC, or an offset such as +0100 or -05:00)"
+            ))?),
+        };
         Ok(Rules {
             rules,
             horizon,
             on_bad_date,
+            assume_zone,
             requeue_after: dur(&f.settings.requeue_after, "settings: requeue_after")?,
             scanners: scanners.into_iter().map(Arc::new).collect(),
         })

@@ -4,6 +4,7 @@
 //! ```toml
 //! [settings]
 //! horizon = "365d"        # due times further ahead count as bad dates
+//! assume_zone = "+0100"   # zone of due times that name none (default: none, a bad date)
 //! on_bad_date = "keep"    # keep | release | quarantine (unparsable, empty, too far)
 //! requeue_after = "2d"    # held longer: release through maildrop (default: half the lifetime)
 //!
@@ -281,5 +282,85 @@ mod tests {
         );
         let f = Facts::default();
         assert!(r.first_match(&f).is_none());
+    }
+
+    fn due(headers: &[(&str, &str)], rules: &Rules, now: i64) -> Ruling {
+        let f = Facts {
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            ..Facts::default()
+        };
+        match rules.judge(&f, &[], now) {
+            Judgement::Ruled(r) => r,
+            Judgement::Scan(_) => panic!("no scanners here"),
+        }
+    }
+
+    // Issue "never deliver early": a zone-less time is a bad date unless
+    // the rules name the zone; of several due headers the latest wins.
+    #[test]
+    fn due_dates_are_never_early() {
+        let now = 1_795_000_000; // before 2026-11-23
+        let t = 1_795_425_600; // 2026-11-23 09:20:00 UTC
+        let r = Rules::default_rules();
+        let zoneless = due(&[("X-Deliver-At", "2026-11-23 09:20:00")], &r, now);
+        assert_eq!(zoneless.verdict, Verdict::Keep);
+        assert_eq!(zoneless.due, None);
+        assert!(
+            matches!(zoneless.reason, Reason::NoZone { .. }),
+            "{:?}",
+            zoneless.reason
+        );
+        assert!(
+            zoneless
+                .reason
+                .to_string()
+                .starts_with("reason=no-zone, rule=x-deliver-at")
+        );
+        let west = Rules::parse(
+            "[settings]\nassume_zone = \"-05:00\"\n[[rule]]\nheader = \"X-Deliver-At\"\naction = \"release-at\"\n",
+        )
+        .unwrap();
+        let r5 = due(&[("X-Deliver-At", "2026-11-23 09:20:00")], &west, now);
+        assert_eq!(r5.due, Some(t + 5 * 3600), "09:20 at -05:00 is 14:20 UTC");
+        // Past, then future: the future one.
+        let two = due(
+            &[
+                ("X-Deliver-At", "Mon, 23 Nov 2026 09:20:00 +0000"),
+                ("X-Deliver-At", "Mon, 23 Nov 2026 12:00:00 +0000"),
+            ],
+            &r,
+            now,
+        );
+        assert_eq!(two.due, Some(t + 9600));
+        // Across header names too, either order.
+        for hs in [
+            [
+                ("Deferred-Delivery", "Mon, 23 Nov 2026 12:00:00 +0000"),
+                ("X-Deliver-At", "Mon, 23 Nov 2026 09:20:00 +0000"),
+            ],
+            [
+                ("X-Deliver-At", "Mon, 23 Nov 2026 09:20:00 +0000"),
+                ("Deferred-Delivery", "Mon, 23 Nov 2026 12:00:00 +0000"),
+            ],
+        ] {
+            let r2 = due(&hs, &r, now);
+            assert_eq!(r2.due, Some(t + 9600), "{hs:?}");
+        }
+        // One bad value among good ones: a bad date, never the good one.
+        let bad = due(
+            &[
+                ("X-Deliver-At", "Mon, 23 Nov 2026 09:20:00 +0000"),
+                ("X-Deliver-At", "soon"),
+            ],
+            &r,
+            now,
+        );
+        assert_eq!((bad.verdict, bad.due), (Verdict::Keep, None));
+        assert!(Rules::parse("[settings]\nassume_zone = \"Mars/Olympus\"\n").is_err());
+        assert!(Rules::parse("[settings]\nassume_zone = \"+1500\"\n").is_err());
+        assert!(Rules::parse("[settings]\nassume_zone = \"UTC\"\n").is_ok());
     }
 }

@@ -32,6 +32,21 @@ pub enum Reason {
         /// Its value (at most 80 characters).
         value: String,
     },
+    /// The due time names no zone and the rules name none to assume.
+    NoZone {
+        /// The rule's name.
+        rule: String,
+        /// The header.
+        header: String,
+        /// Its value (at most 80 characters).
+        value: String,
+    },
+    /// The queue file cannot be read: damaged, or a record type posthold
+    /// does not know (a newer queue format). Kept.
+    Damaged {
+        /// What the reader said.
+        error: String,
+    },
     /// The due date is further ahead than the horizon.
     BeyondHorizon {
         /// The rule's name.
@@ -93,6 +108,8 @@ impl Reason {
             Reason::Rule { .. } => "rule",
             Reason::Due { header, .. } => return Cow::Owned(header.to_ascii_lowercase()),
             Reason::BadDate { .. } => "bad-date",
+            Reason::NoZone { .. } => "no-zone",
+            Reason::Damaged { .. } => "damaged",
             Reason::BeyondHorizon { .. } => "beyond-horizon",
             Reason::ScanOversize { .. } => "scan-oversize",
             Reason::ScanUnnamedExit { .. } => "scan-unnamed-exit",
@@ -105,7 +122,10 @@ impl Reason {
 
     /// A due date that cannot be acted on (unreadable or too far ahead).
     pub fn is_bad_date(&self) -> bool {
-        matches!(self, Reason::BadDate { .. } | Reason::BeyondHorizon { .. })
+        matches!(
+            self,
+            Reason::BadDate { .. } | Reason::NoZone { .. } | Reason::BeyondHorizon { .. }
+        )
     }
 }
 
@@ -116,6 +136,11 @@ impl fmt::Display for Reason {
             Reason::NoRule => Ok(()),
             Reason::Rule { rule } | Reason::Due { rule, .. } => write!(f, ", rule={rule}"),
             Reason::BadDate {
+                rule,
+                header,
+                value,
+            }
+            | Reason::NoZone {
                 rule,
                 header,
                 value,
@@ -130,6 +155,7 @@ impl fmt::Display for Reason {
                 size,
                 max_size,
             } => write!(f, ", scanner={scanner}, size={size}, max_size={max_size}"),
+            Reason::Damaged { error } => write!(f, ", error={error}"),
             Reason::ScanUnnamedExit { scanner, exit } => {
                 write!(f, ", scanner={scanner}, exit={exit}")
             }

@@ -265,7 +265,7 @@ impl Budget<'_> {
 
 impl From<Unreadable> for Failure {
     fn from(u: Unreadable) -> Failure {
-        Failure::soft(u.0)
+        Failure::soft(u.to_string())
     }
 }
 

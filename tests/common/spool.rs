@@ -93,7 +93,12 @@ impl TempSpool {
             .arg(self.cfg.path())
             .arg("--queue-directory")
             .arg(self.q())
-            .args(["--no-drop-privileges", "--scan-interval", "3600s"])
+            .arg("--no-drop-privileges")
+            .args(if extra.contains(&"--scan-interval") {
+                &[][..]
+            } else {
+                &["--scan-interval", "3600s"][..]
+            })
             .args(extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());

@@ -1,0 +1,138 @@
+//! Decisions that hold up in production: mail never delivered early
+//! because of a zone-less or a second due date, and queue files posthold
+//! cannot read told once, counted and shown by `check`.
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use queue_format::writer::Builder;
+
+use crate::common::*;
+
+/// The daemon's metrics page (empty while it is not listening yet).
+fn metrics(addr: &str) -> String {
+    use std::io::Write;
+    let Ok(mut c) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let mut t = String::new();
+    if c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").is_ok() {
+        let _ = c.read_to_string(&mut t);
+    }
+    t
+}
+
+fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+fn held(s: &mut TempSpool, headers: &[&str]) -> String {
+    let mut b = Builder::new(now() - 60, "a@example.com").recipient("r@example.net");
+    for h in headers {
+        b = b.header(*h);
+    }
+    s.add_with("hold", b.body_line("body"), 0o700)
+}
+
+/// A zone-less due time, or a past one next to a future one, is never
+/// released early by the daemon: the first is kept as a bad date, the
+/// second waits for the later date.
+#[test]
+fn zone_less_and_conflicting_due_dates_are_never_released_early() {
+    let mut s = TempSpool::new();
+    let past = chrono::Utc::now() - chrono::Duration::hours(1);
+    let future = chrono::Utc::now() + chrono::Duration::hours(3);
+    let zoneless = held(
+        &mut s,
+        &[&format!(
+            "X-Deliver-At: {}",
+            past.format("%Y-%m-%d %H:%M:%S")
+        )],
+    );
+    let two = held(
+        &mut s,
+        &[
+            &format!("X-Deliver-At: {}", past.to_rfc2822()),
+            &format!("Deferred-Delivery: {}", future.to_rfc2822()),
+        ],
+    );
+    let addr = free_addr();
+    let d = s.watch(&["--metrics", &addr]);
+    wait_until(
+        Instant::now() + Duration::from_secs(20),
+        "both decided",
+        || {
+            let m = metrics(&addr);
+            m.lines().any(|l| l == "posthold_scheduled 1")
+                && m.lines().any(|l| l == "posthold_bad_dates 1")
+        },
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let (_, log) = d.term();
+    assert_eq!(s.find(&zoneless), vec![format!("hold/{zoneless}")], "{log}");
+    assert_eq!(s.find(&two), vec![format!("hold/{two}")], "{log}");
+    assert!(
+        log.contains(&format!("{zoneless}: keep, reason=no-zone")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("{two}: scheduled, reason=deferred-delivery")),
+        "the later date wins: {log}"
+    );
+}
+
+/// A held file with a record type posthold does not know (a newer queue
+/// format) is logged once at warning level, counted, and shown by check.
+#[test]
+fn a_queue_file_posthold_cannot_read_is_told_once_counted_and_checked() {
+    let mut s = TempSpool::new();
+    let id = held(&mut s, &["Subject: from the future"]);
+    // Turn the envelope's sender record (S) into a type no Postfix 3.7
+    // writes: the reader stops there.
+    let p = s.q().join("hold").join(&id);
+    let mut bytes = std::fs::read(&p).unwrap();
+    let at = bytes
+        .windows(2)
+        .position(|w| w[0] == b'S' && w[1] == b"a@example.com".len() as u8)
+        .expect("a sender record");
+    bytes[at] = b'Z';
+    {
+        use std::io::{Seek, Write};
+        let mut f = std::fs::File::options().write(true).open(&p).unwrap();
+        f.seek(std::io::SeekFrom::Start(0)).unwrap();
+        f.write_all(&bytes).unwrap();
+    }
+    let addr = free_addr();
+    let d = s.watch(&["--metrics", &addr, "--scan-interval", "2s"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !metrics(&addr)
+        .lines()
+        .any(|l| l == "posthold_damaged_messages 1")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not counted:\n{}\n{}",
+            d.log(),
+            String::from_utf8_lossy(&s.cmd(&["cat", "-q", "-e", &id]).stdout)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Two more full scans: still one line.
+    std::thread::sleep(Duration::from_secs(5));
+    let (_, log) = d.term();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(&id)).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(
+        lines[0].contains(&format!("{id}: warning: keep, reason=damaged")),
+        "{log}"
+    );
+    assert_eq!(s.find(&id), vec![format!("hold/{id}")]);
+    let out = s.cmd(&["check"]);
+    let text = expect_exit(&out, 1);
+    assert!(text.contains(&format!("hold/{id}: corrupt")), "{text}");
+}
