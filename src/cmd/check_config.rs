@@ -8,7 +8,8 @@ use crate::error::Fatal;
 use crate::rules::Rules;
 use crate::scan::ScannerKind;
 
-/// Prints the rules `r`; exit 0.
+/// Prints the rules `r` and what to fix in them; exit 0, or 1 when there
+/// is a warning.
 pub fn run(r: &Rules, out: &mut dyn Write) -> Result<i32, Fatal> {
     for (i, rule) in r.rules.iter().enumerate() {
         let scan = rule
@@ -55,5 +56,83 @@ pub fn run(r: &Rules, out: &mut dyn Write) -> Result<i32, Fatal> {
             .map_or("half the lifetime".to_string(), |s| format!("{s}s"))
     )
     .map_err(|e| Fatal::runtime(format!("write error: {e}")))?;
-    Ok(0)
+    let warnings = lint(r);
+    for w in &warnings {
+        writeln!(out, "warning: {w}").map_err(|e| Fatal::runtime(format!("write error: {e}")))?;
+    }
+    Ok(if warnings.is_empty() { 0 } else { 1 })
+}
+
+/// What in a rule set can let mail through that should not pass, or let a
+/// sender steer a scanner:
+///
+/// * fail-open scanners: `spamc` without `-x` (`--no-safe-fallback`)
+///   exits 0 when spamd cannot be reached; `spamassassin` without `-e`
+///   (`--exit-code`) exits 0 whatever the verdict;
+/// * an address where it can be read as an option: `{recipients}`, or a
+///   `{sender}` that is a whole argument, with no `--` before it (an
+///   address may begin with `-`).
+pub fn lint(r: &Rules) -> Vec<String> {
+    let mut out = Vec::new();
+    for sc in &r.scanners {
+        let ScannerKind::Command { argv, .. } = &sc.kind else {
+            continue;
+        };
+        let program = argv[0].rsplit('/').next().unwrap_or_default();
+        let has = |flags: &[&str]| argv[1..].iter().any(|a| flags.contains(&a.as_str()));
+        if program == "spamc" && !has(&["-x", "--no-safe-fallback"]) {
+            out.push(format!(
+                "scanner {}: spamc without -x exits 0 when spamd cannot be reached: every message passes while spamd is down (add \"-x\" to argv)",
+                sc.name
+            ));
+        }
+        if program == "spamassassin" && !has(&["-e", "--exit-code"]) {
+            out.push(format!(
+                "scanner {}: spamassassin without -e exits 0 whatever its verdict (add \"-e\" to argv)",
+                sc.name
+            ));
+        }
+        let end_of_options = argv[1..].iter().position(|a| a == "--");
+        for (i, a) in argv[1..].iter().enumerate() {
+            let address = a == "{recipients}" || a == "{sender}";
+            if address && end_of_options.is_none_or(|e| e > i) {
+                out.push(format!(
+                    "scanner {}: argv: {a} is not after \"--\": an address that begins with '-' would be read as an option (put \"--\" before it)",
+                    sc.name
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn warnings(scanner: &str) -> Vec<String> {
+        let r = Rules::parse(&format!(
+            "[scanner.s]\ntype = \"command\"\n{scanner}\n[[rule]]\nscan = \"s\"\nexit = [1]\naction = \"quarantine\"\n"
+        ))
+        .unwrap();
+        lint(&r)
+    }
+
+    #[test]
+    fn fail_open_scanners_and_options_from_senders_are_warned_about() {
+        let w = warnings(r#"argv = ["/usr/bin/spamc", "-c"]"#);
+        assert!(w.len() == 1 && w[0].contains("spamc without -x"), "{w:?}");
+        assert!(warnings(r#"argv = ["/usr/bin/spamc", "-x", "-c"]"#).is_empty());
+        let w = warnings(r#"argv = ["/usr/bin/spamassassin"]"#);
+        assert!(w.len() == 1 && w[0].contains("without -e"), "{w:?}");
+        let w = warnings(r#"argv = ["/bin/check", "{sender}", "{recipients}"]"#);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("{sender} is not after"), "{w:?}");
+        assert!(
+            warnings(r#"argv = ["/bin/check", "--from={sender}", "--", "{recipients}"]"#)
+                .is_empty()
+        );
+        let w = warnings(r#"argv = ["/bin/check", "{recipients}", "--"]"#);
+        assert_eq!(w.len(), 1, "a -- after the addresses does not count: {w:?}");
+    }
 }
