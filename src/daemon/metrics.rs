@@ -34,6 +34,8 @@ pub struct Shared {
     /// Messages kept because their queue file cannot be read (damaged, or
     /// a record type posthold does not know).
     pub damaged: usize,
+    /// Messages kept because no rule matched.
+    pub no_rule: usize,
     /// Actions done, by (action, reason).
     pub actions: BTreeMap<(String, String), u64>,
     /// Actions that failed (the message stayed where it was).
@@ -166,6 +168,8 @@ pub fn render(cfg: &Config, shared: &Shared, now: i64) -> String {
     s.push_str(&format!("posthold_refused_messages {}\n", shared.refused));
     s.push_str("# HELP posthold_damaged_messages Held messages whose queue file posthold cannot read (damaged, or a newer queue format).\n# TYPE posthold_damaged_messages gauge\n");
     s.push_str(&format!("posthold_damaged_messages {}\n", shared.damaged));
+    s.push_str("# HELP posthold_kept_no_rule Held messages that no rule matches (kept; see the log).\n# TYPE posthold_kept_no_rule gauge\n");
+    s.push_str(&format!("posthold_kept_no_rule {}\n", shared.no_rule));
     s.push_str("# HELP posthold_actions_total Actions done, by action and reason.\n# TYPE posthold_actions_total counter\n");
     for ((a, r), n) in &shared.actions {
         s.push_str(&format!(

@@ -58,8 +58,11 @@ struct Entry {
 /// Where a held message stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// Kept (no rule, or a rule that keeps).
+    /// Kept by a rule that keeps.
     Keep,
+    /// Kept because no rule matched: counted, so that mail held with
+    /// nothing to release it is never stranded silently.
+    KeepNoRule,
     /// Kept because of a bad date (unreadable, or beyond the horizon).
     KeepBad,
     /// Kept because its queue file cannot be read (damaged, or a newer
@@ -113,6 +116,8 @@ pub struct Scheduler {
     refused: usize,
     /// Entries in [`State::KeepDamaged`].
     damaged: usize,
+    /// Entries in [`State::KeepNoRule`].
+    no_rule: usize,
     log: Logger,
     metrics: Arc<Mutex<Shared>>,
 }
@@ -128,6 +133,7 @@ impl Scheduler {
             bad: 0,
             refused: 0,
             damaged: 0,
+            no_rule: 0,
             log,
             metrics,
         }
@@ -152,6 +158,7 @@ impl Scheduler {
             State::KeepBad => self.bad += 1,
             State::Refused => self.refused += 1,
             State::KeepDamaged => self.damaged += 1,
+            State::KeepNoRule => self.no_rule += 1,
             State::Keep | State::Retry | State::Looking | State::Acting => {}
         }
         if matches!(e.state, State::Scheduled | State::Retry | State::Refused) {
@@ -167,6 +174,7 @@ impl Scheduler {
             State::KeepBad => self.bad -= 1,
             State::Refused => self.refused -= 1,
             State::KeepDamaged => self.damaged -= 1,
+            State::KeepNoRule => self.no_rule -= 1,
             State::Keep | State::Retry | State::Looking | State::Acting => {}
         }
         Some(e)
@@ -231,7 +239,12 @@ impl Scheduler {
                 "{}: keep, {}: a queue file posthold cannot read (damaged, or a newer queue format)",
                 d.loc.id, d.reason
             )),
-            State::Keep | State::KeepBad | State::Looking | State::Refused | State::Acting => {
+            State::Keep
+            | State::KeepNoRule
+            | State::KeepBad
+            | State::Looking
+            | State::Refused
+            | State::Acting => {
                 self.log.log(&format!(
                     "{}: keep, {}, held={}s",
                     d.loc.id, d.reason, d.held
@@ -275,6 +288,7 @@ impl Scheduler {
                     return Some(Due::Act { ino, id });
                 }
                 State::Keep
+                | State::KeepNoRule
                 | State::KeepBad
                 | State::KeepDamaged
                 | State::Looking
@@ -342,7 +356,13 @@ impl Scheduler {
     pub fn reload(&mut self) {
         self.entries.clear();
         self.heap.clear();
-        (self.scheduled, self.bad, self.refused, self.damaged) = (0, 0, 0, 0);
+        (
+            self.scheduled,
+            self.bad,
+            self.refused,
+            self.damaged,
+            self.no_rule,
+        ) = (0, 0, 0, 0, 0);
     }
 
     /// Forgets messages that left hold by other means (postsuper, an
@@ -401,6 +421,7 @@ impl Scheduler {
         m.bad_dates = self.bad;
         m.refused = self.refused;
         m.damaged = self.damaged;
+        m.no_rule = self.no_rule;
     }
 }
 
@@ -414,6 +435,7 @@ fn classify(d: &Decision, now_ms: i64) -> Option<State> {
         (Verdict::Keep, _) if matches!(d.reason, Reason::Damaged { .. }) => {
             Some(State::KeepDamaged)
         }
+        (Verdict::Keep, _) if d.reason == Reason::NoRule => Some(State::KeepNoRule),
         (Verdict::Keep, _) => Some(State::Keep),
         (Verdict::ReleaseAt(_), Some(due)) if due > now => Some(State::Scheduled),
         _ => None, // act now
@@ -641,6 +663,7 @@ mod tests {
         assert_eq!((s.bad_dates(), s.scheduled(), s.len()), (1, 1, 3));
         s.publish();
         assert_eq!(m.lock().unwrap().bad_dates, 1);
+        assert_eq!(m.lock().unwrap().no_rule, 1, "kept with no rule: counted");
         assert_eq!(m.lock().unwrap().next_due, Some(NOW + 60));
         s.forget_gone(|ino, _| ino != 9);
         assert_eq!((s.bad_dates(), s.scheduled(), s.len()), (0, 1, 2));
