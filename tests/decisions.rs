@@ -136,3 +136,69 @@ fn a_queue_file_posthold_cannot_read_is_told_once_counted_and_checked() {
     let text = expect_exit(&out, 1);
     assert!(text.contains(&format!("hold/{id}: corrupt")), "{text}");
 }
+
+/// Scans that fail softly for ever (exit 75: try later) are told once at
+/// warning level after `stuck_after`, counted, and with `on_stuck =
+/// "quarantine"` the message is quarantined instead of kept.
+#[test]
+fn scans_that_never_succeed_are_told_counted_and_may_quarantine() {
+    for on_stuck in ["keep", "quarantine"] {
+        let mut s = TempSpool::new();
+        let script = s.cfg.path().join("tempfail.sh");
+        std::fs::write(&script, "#!/bin/sh\ncat >/dev/null\nexit 75\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let rules = s.rules(&format!(
+            "[settings]\nstuck_after = \"3s\"\non_stuck = \"{on_stuck}\"\n\
+             [scanner.t]\ntype = \"command\"\nargv = [\"{}\"]\nretry = \"1s\"\nretry_max = \"1s\"\n\
+             [[rule]]\nscan = \"t\"\nexit = [1]\naction = \"quarantine\"\n[[rule]]\naction = \"release\"\n",
+            script.display()
+        ));
+        let id = held(&mut s, &["Subject: never scanned"]);
+        let addr = free_addr();
+        let d = s.watch(&["--rules", rules.to_str().unwrap(), "--metrics", &addr]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let told = |log: &str| log.contains(&format!("{id}: warning: keep, reason=scan-stuck"));
+        while !told(&d.log()) {
+            assert!(
+                Instant::now() < deadline,
+                "{on_stuck}: not told:\n{}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        if on_stuck == "keep" {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while !metrics(&addr)
+                .lines()
+                .any(|l| l == "posthold_stuck_messages 1")
+            {
+                assert!(Instant::now() < deadline, "not counted");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            std::thread::sleep(Duration::from_secs(3));
+            let (_, log) = d.term();
+            assert_eq!(
+                log.lines().filter(|l| told(l)).count(),
+                1,
+                "told once:\n{log}"
+            );
+            assert_eq!(
+                s.find(&id),
+                vec![format!("hold/{id}")],
+                "kept, never released"
+            );
+        } else {
+            wait_until(
+                Instant::now() + Duration::from_secs(15),
+                "quarantined",
+                || s.find(&id) == vec![format!("posthold-quarantine/{id}")],
+            );
+            let (_, log) = d.term();
+            assert!(
+                log.contains(&format!("{id}: quarantine, reason=scan-stuck, scanner=t")),
+                "{log}"
+            );
+        }
+    }
+}

@@ -18,6 +18,10 @@ struct Slot {
     failures: u32,
     strikes: u32,
     not_before_ms: i64,
+    /// When its scans began to fail (ms; 0: they do not).
+    failing_since_ms: i64,
+    /// Failing for longer than the rules' `stuck_after` (told once).
+    stuck: bool,
 }
 
 /// May a scan start now?
@@ -40,6 +44,19 @@ pub struct Failed {
     pub strikes: u32,
     /// When to try again (ms).
     pub retry_ms: i64,
+    /// Failing for longer than `stuck_after` since this failure, and not
+    /// before: the moment to tell.
+    pub newly_stuck: bool,
+}
+
+/// A failed scan, as [`Board::failed`] records it.
+pub struct Failure<B> {
+    /// A timeout or crash (counts towards poison).
+    pub strike: bool,
+    /// The wait before try `n + 1`.
+    pub backoff: B,
+    /// How long scans may keep failing before the message is stuck.
+    pub stuck_after: Duration,
 }
 
 /// Scan state of held messages, shared by parsers and scan workers.
@@ -125,6 +142,7 @@ impl Board {
             Some(s) if *s.id == *id && s.generation == generation => {
                 s.busy = false;
                 s.failures = 0;
+                (s.failing_since_ms, s.stuck) = (0, false);
                 s.results.retain(|(i, _)| *i != scanner);
                 s.results.push((scanner, o));
                 true
@@ -140,10 +158,14 @@ impl Board {
         ino: u64,
         id: &str,
         generation: u64,
-        strike: bool,
-        backoff: impl Fn(u32) -> Duration,
+        how: Failure<impl Fn(u32) -> Duration>,
         now_ms: i64,
     ) -> Option<Failed> {
+        let Failure {
+            strike,
+            backoff,
+            stuck_after,
+        } = how;
         self.with(|m| match m.get_mut(&ino) {
             Some(s) if *s.id == *id && s.generation == generation => {
                 s.busy = false;
@@ -151,10 +173,17 @@ impl Board {
                 s.strikes = s.strikes.saturating_add(strike as u32);
                 let wait = backoff(s.failures).as_millis().min(i64::MAX as u128) as i64;
                 s.not_before_ms = now_ms.saturating_add(wait);
+                if s.failing_since_ms == 0 {
+                    s.failing_since_ms = now_ms;
+                }
+                let after = stuck_after.as_millis().min(i64::MAX as u128) as i64;
+                let newly_stuck = !s.stuck && now_ms.saturating_sub(s.failing_since_ms) >= after;
+                s.stuck |= newly_stuck;
                 Some(Failed {
                     failures: s.failures,
                     strikes: s.strikes,
                     retry_ms: s.not_before_ms,
+                    newly_stuck,
                 })
             }
             _ => None,
@@ -181,6 +210,12 @@ impl Board {
         })
     }
 
+    /// Messages whose scans have been failing for longer than
+    /// `stuck_after` (a walk of every slot: call it seldom).
+    pub fn stuck(&self) -> usize {
+        self.with(|m| m.values().filter(|s| s.stuck).count())
+    }
+
     /// Messages with scan state.
     pub fn len(&self) -> usize {
         self.with(|m| m.len())
@@ -202,28 +237,89 @@ mod tests {
         let back = |n: u32| Duration::from_secs(10 * n as u64);
         assert_eq!(b.claim(7, "A", 1, 0), Claim::Go);
         assert_eq!(b.claim(7, "A", 1, 0), Claim::Busy);
-        let f = b.failed(7, "A", 1, true, back, 1000).unwrap();
+        let stuck_after = Duration::from_secs(15);
+        let f = b
+            .failed(
+                7,
+                "A",
+                1,
+                Failure {
+                    strike: true,
+                    backoff: back,
+                    stuck_after,
+                },
+                1000,
+            )
+            .unwrap();
         assert_eq!(
             f,
             Failed {
                 failures: 1,
                 strikes: 1,
-                retry_ms: 11_000
+                retry_ms: 11_000,
+                newly_stuck: false,
             }
         );
         assert_eq!(b.claim(7, "A", 1, 5000), Claim::Wait(11_000));
         assert_eq!(b.claim(7, "A", 1, 11_000), Claim::Go);
-        let f = b.failed(7, "A", 1, false, back, 11_000).unwrap();
+        let f = b
+            .failed(
+                7,
+                "A",
+                1,
+                Failure {
+                    strike: false,
+                    backoff: back,
+                    stuck_after,
+                },
+                11_000,
+            )
+            .unwrap();
         assert_eq!(
             f,
             Failed {
                 failures: 2,
                 strikes: 1,
-                retry_ms: 31_000
+                retry_ms: 31_000,
+                newly_stuck: false,
             }
         );
+        // Failing for 15 s since the first failure: stuck, told once.
         assert_eq!(b.claim(7, "A", 1, 31_000), Claim::Go);
+        let f = b
+            .failed(
+                7,
+                "A",
+                1,
+                Failure {
+                    strike: false,
+                    backoff: back,
+                    stuck_after,
+                },
+                31_000,
+            )
+            .unwrap();
+        assert!(f.newly_stuck);
+        assert_eq!(b.stuck(), 1);
+        assert_eq!(b.claim(7, "A", 1, 91_000), Claim::Go);
+        let f = b
+            .failed(
+                7,
+                "A",
+                1,
+                Failure {
+                    strike: false,
+                    backoff: back,
+                    stuck_after,
+                },
+                91_000,
+            )
+            .unwrap();
+        assert!(!f.newly_stuck, "told once");
+        assert_eq!(b.stuck(), 1);
+        assert_eq!(b.claim(7, "A", 1, 300_000), Claim::Go);
         assert!(b.succeeded(7, "A", 1, 0, Answer::Virus(None)));
+        assert_eq!(b.stuck(), 0, "a success ends it");
         assert_eq!(b.results(7, "A", 1), vec![(0, Answer::Virus(None))]);
         // Another message on the same inode, or new rules: a fresh start.
         assert!(b.results(7, "B", 1).is_empty());
@@ -231,7 +327,20 @@ mod tests {
         assert_eq!(b.claim(7, "A", 2, 0), Claim::Go);
         // A result from the old generation is dropped.
         assert!(!b.succeeded(7, "A", 1, 0, Answer::Virus(None)));
-        assert!(b.failed(7, "A", 1, true, back, 0).is_none());
+        assert!(
+            b.failed(
+                7,
+                "A",
+                1,
+                Failure {
+                    strike: true,
+                    backoff: back,
+                    stuck_after
+                },
+                0
+            )
+            .is_none()
+        );
         b.unclaim(7, "A", 2, Some(99));
         assert_eq!(b.claim(7, "A", 2, 0), Claim::Wait(99));
         b.retain(|_, _| false);

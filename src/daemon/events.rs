@@ -65,8 +65,14 @@ impl Events {
     /// Runs until SIGTERM; `Err` when every parser thread died.
     pub fn run(&mut self) -> Result<(), Fatal> {
         let mut next_gc = Instant::now() + self.gc_interval;
+        let mut next_stuck = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             self.sched.publish();
+            // A walk of the scan state: every few seconds, not every turn.
+            if Instant::now() >= next_stuck {
+                self.sched.publish_stuck(self.board.stuck());
+                next_stuck = Instant::now() + Duration::from_secs(5);
+            }
             if Instant::now() >= next_gc {
                 self.forget_gone();
                 next_gc = Instant::now() + self.gc_interval;

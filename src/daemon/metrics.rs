@@ -36,6 +36,9 @@ pub struct Shared {
     pub damaged: usize,
     /// Messages kept because no rule matched.
     pub no_rule: usize,
+    /// Messages whose scans keep failing softly for longer than the
+    /// rules' `stuck_after`.
+    pub stuck: usize,
     /// Actions done, by (action, reason).
     pub actions: BTreeMap<(String, String), u64>,
     /// Actions that failed (the message stayed where it was).
@@ -170,6 +173,8 @@ pub fn render(cfg: &Config, shared: &Shared, now: i64) -> String {
     s.push_str(&format!("posthold_damaged_messages {}\n", shared.damaged));
     s.push_str("# HELP posthold_kept_no_rule Held messages that no rule matches (kept; see the log).\n# TYPE posthold_kept_no_rule gauge\n");
     s.push_str(&format!("posthold_kept_no_rule {}\n", shared.no_rule));
+    s.push_str("# HELP posthold_stuck_messages Held messages whose scans keep failing for longer than stuck_after.\n# TYPE posthold_stuck_messages gauge\n");
+    s.push_str(&format!("posthold_stuck_messages {}\n", shared.stuck));
     s.push_str("# HELP posthold_actions_total Actions done, by action and reason.\n# TYPE posthold_actions_total counter\n");
     for ((a, r), n) in &shared.actions {
         s.push_str(&format!(

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 
-use super::board::Board;
+use super::board::{Board, Failure};
 use super::decision::{Brain, Decision, Job, send_or_stop};
 use super::logger::Logger;
 use super::metrics::Shared;
@@ -86,13 +86,17 @@ fn scan_worker(ctx: Arc<ScanCtx>, rx: Receiver<Job>) {
             generation,
             armed: true,
         };
-        let sc = {
+        let (sc, stuck_after, on_stuck_quarantine) = {
             let b = ctx.brain.read().expect("BUG: rules lock poisoned");
             // S12: a job of an old rules generation is dropped.
             if b.generation != generation {
                 continue; // rules reloaded: the rescan decides again
             }
-            Arc::clone(&b.rules.scanners[si])
+            (
+                Arc::clone(&b.rules.scanners[si]),
+                b.rules.stuck_after,
+                b.rules.on_stuck == Verdict::Quarantine,
+            )
         };
         let msg = match Message::open(
             ctx.root.as_fd(),
@@ -152,8 +156,11 @@ fn scan_worker(ctx: Arc<ScanCtx>, rx: Receiver<Job>) {
                     ino,
                     &loc.id,
                     generation,
-                    f.strike,
-                    |n| sc.backoff(n),
+                    Failure {
+                        strike: f.strike,
+                        backoff: |n| sc.backoff(n),
+                        stuck_after,
+                    },
                     now_ms(),
                 ) else {
                     continue;
@@ -189,6 +196,30 @@ fn scan_worker(ctx: Arc<ScanCtx>, rx: Receiver<Job>) {
                     retry_at: Some(st.retry_ms.div_euclid(1000) + 1),
                     generation,
                 };
+                // Scans that fail softly for ever (exit 75, a scanner that
+                // stays down): told once, and quarantined if the rules say so.
+                if st.newly_stuck && !poison {
+                    ctx.log.warn(&format!(
+                        "{}: keep, reason=scan-stuck, scanner={}, failing for over {}s: {}{}",
+                        loc.id,
+                        sc.name,
+                        stuck_after.as_secs(),
+                        f.what,
+                        if on_stuck_quarantine {
+                            "; quarantined"
+                        } else {
+                            ""
+                        }
+                    ));
+                    if on_stuck_quarantine {
+                        d.verdict = Verdict::Quarantine;
+                        d.retry_at = None;
+                        d.reason = Reason::Stuck {
+                            scanner: sc.name.clone(),
+                            error: f.what.clone(),
+                        };
+                    }
+                }
                 if poison {
                     d.verdict = Verdict::Quarantine;
                     d.retry_at = None;

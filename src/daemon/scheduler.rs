@@ -413,6 +413,14 @@ impl Scheduler {
             .unwrap_or(cap)
     }
 
+    /// Records how many messages' scans are stuck (see the scan board).
+    pub fn publish_stuck(&self, stuck: usize) {
+        self.metrics
+            .lock()
+            .expect("BUG: metrics lock poisoned")
+            .stuck = stuck;
+    }
+
     /// Copies the counters into the metrics (O(1)).
     pub fn publish(&self) {
         let mut m = self.metrics.lock().expect("BUG: metrics lock poisoned");

@@ -106,6 +106,11 @@ pub struct Rules {
     pub horizon: u64,
     /// What to do with bad dates.
     pub on_bad_date: Verdict,
+    /// How long a message's scans may keep failing softly before it is
+    /// told (and quarantined, with `on_stuck`).
+    pub stuck_after: std::time::Duration,
+    /// What to do then: keep (told once) or quarantine.
+    pub on_stuck: Verdict,
     /// The zone of due times that name none (`None`: such times are bad
     /// dates).
     pub assume_zone: Option<chrono::FixedOffset>,

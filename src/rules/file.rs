@@ -20,6 +20,8 @@ use crate::scan::{Address, Scanner, ScannerKind};
 struct FileSettings {
     horizon: Option<String>,
     assume_zone: Option<String>,
+    stuck_after: Option<String>,
+    on_stuck: Option<String>,
     on_bad_date: Option<String>,
     requeue_after: Option<String>,
 }
@@ -404,6 +406,8 @@ impl Rules {
             horizon: 366 * 86400,
             on_bad_date: Verdict::Keep,
             assume_zone: None,
+            stuck_after: std::time::Duration::from_secs(3600),
+            on_stuck: Verdict::Keep,
             requeue_after: None,
             scanners: Vec::new(),
         }
@@ -484,11 +488,20 @@ impl Rules {
                 "settings: assume_zone: {z:?} (UTC, or an offset such as +0100 or -05:00)"
             ))?),
         };
+        let on_stuck = match f.settings.on_stuck.as_deref().unwrap_or("keep") {
+            "keep" => Verdict::Keep,
+            "quarantine" => Verdict::Quarantine,
+            o => return Err(format!("settings: on_stuck: {o:?} (keep, quarantine)")),
+        };
         Ok(Rules {
             rules,
             horizon,
             on_bad_date,
             assume_zone,
+            stuck_after: std::time::Duration::from_secs(
+                dur(&f.settings.stuck_after, "settings: stuck_after")?.unwrap_or(3600),
+            ),
+            on_stuck,
             requeue_after: dur(&f.settings.requeue_after, "settings: requeue_after")?,
             scanners: scanners.into_iter().map(Arc::new).collect(),
         })

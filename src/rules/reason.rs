@@ -89,6 +89,14 @@ pub enum Reason {
         /// The scanner.
         scanner: String,
     },
+    /// Scans kept failing softly for longer than `stuck_after`, and the
+    /// rules quarantine such mail (`on_stuck = "quarantine"`).
+    Stuck {
+        /// The scanner.
+        scanner: String,
+        /// The last failure.
+        error: String,
+    },
     /// The scanner timed out or crashed on this message too often.
     Poison {
         /// The scanner.
@@ -117,6 +125,7 @@ impl Reason {
             Reason::ScannerBusy { .. } => "scanner-busy",
             Reason::ScanFailed { .. } => "scan-failed",
             Reason::Poison { .. } => "poison",
+            Reason::Stuck { .. } => "scan-stuck",
         })
     }
 
@@ -156,6 +165,7 @@ impl fmt::Display for Reason {
                 max_size,
             } => write!(f, ", scanner={scanner}, size={size}, max_size={max_size}"),
             Reason::Damaged { error } => write!(f, ", error={error}"),
+            Reason::Stuck { scanner, error } => write!(f, ", scanner={scanner}, error={error}"),
             Reason::ScanUnnamedExit { scanner, exit } => {
                 write!(f, ", scanner={scanner}, exit={exit}")
             }
