@@ -42,14 +42,7 @@ fn held_with_subject(s: &mut TempSpool, subject: &str) -> String {
 }
 
 fn posthold_in(s: &TempSpool, args: &[&str]) -> Command {
-    let mut c = posthold();
-    c.arg(args[0])
-        .arg("-c")
-        .arg(s.cfg.path())
-        .arg("--queue-directory")
-        .arg(s.q())
-        .args(&args[1..]);
-    c
+    s.command(args)
 }
 
 /// Runs `posthold` under strace, tracing `calls` with file names (-y);

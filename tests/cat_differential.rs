@@ -48,28 +48,13 @@ use crate::common::*;
 
 /// The option sets of `tests/fixtures.rs` (the five stored references and
 /// the live combinations).
-const OPTION_SETS: &[&[&str]] = &[
-    &[],
-    &["-e"],
-    &["-h"],
-    &["-b"],
-    &["-v", "-o"],
-    &["-o"],
-    &["-v"],
-    &["-r"],
-    &["-v", "-r"],
-    &["-v", "-r", "-o"],
-    &["-e", "-h"],
-    &["-e", "-b"],
-    &["-h", "-b"],
-    &["-b", "-o"],
-    &["-h", "-o"],
-    &["-e", "-o", "-d"],
-    &["-v", "-e"],
-    &["-v", "-h", "-o"],
-    &["-d"],
-    &["-s", "97", "-e"],
-];
+fn option_sets() -> Vec<&'static [&'static str]> {
+    let stored: [&'static [&'static str]; 5] = [&[], &["-e"], &["-h"], &["-b"], &["-v", "-o"]];
+    stored
+        .into_iter()
+        .chain(POSTCAT_COMBOS.iter().copied())
+        .collect()
+}
 
 /// Option sets per mutant.
 const SETS_PER_MUTANT: usize = 2;
@@ -737,6 +722,7 @@ fn env_usize(name: &str, default: u64) -> u64 {
 
 #[test]
 fn cat_equals_live_postcat_on_mutated_fixtures() {
+    let option_sets = option_sets();
     if !have_postfix() {
         panic!("Postfix is not installed: run .ci/run (it installs it)");
     }
@@ -765,7 +751,7 @@ fn cat_equals_live_postcat_on_mutated_fixtures() {
             let sets = if large { 1 } else { SETS_PER_MUTANT };
             for k in 0..sets {
                 let opts =
-                    OPTION_SETS[(mutant_no * 7 + k * OPTION_SETS.len() / 2) % OPTION_SETS.len()];
+                    option_sets[(mutant_no * 7 + k * option_sets.len() / 2) % option_sets.len()];
                 cases.push(Case {
                     what: format!("{name} ({}/{} {}: {})", fx.shape, fx.id, s.kind, s.label),
                     dir: dir.path().to_path_buf(),
@@ -782,13 +768,13 @@ fn cat_equals_live_postcat_on_mutated_fixtures() {
                 what: format!("stdin < {}/{}", fx.shape, fx.id),
                 dir: dir.path().to_path_buf(),
                 input: Input::StdinFile(fx.file()),
-                opts: OPTION_SETS[(n * 3) % OPTION_SETS.len()],
+                opts: option_sets[(n * 3) % option_sets.len()],
             });
             cases.push(Case {
                 what: format!("cat {}/{} |", fx.shape, fx.id),
                 dir: dir.path().to_path_buf(),
                 input: Input::StdinPipe(bytes.clone()),
-                opts: OPTION_SETS[(n * 3 + 1) % OPTION_SETS.len()],
+                opts: option_sets[(n * 3 + 1) % option_sets.len()],
             });
         }
     }

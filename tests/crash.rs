@@ -56,13 +56,7 @@ fn sigkill_during_bulk_moves_loses_and_duplicates_nothing() {
         } else {
             &["hold", "ALL"]
         };
-        let mut c = posthold();
-        c.arg(args[0])
-            .arg("-c")
-            .arg(s.cfg.path())
-            .arg("--queue-directory")
-            .arg(s.q())
-            .args(&args[1..]);
+        let mut c = s.command(args);
         c.stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         let mut child = c.spawn().unwrap();

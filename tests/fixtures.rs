@@ -147,23 +147,7 @@ fn cat_equals_live_postcat_with_many_options() {
         panic!("Postfix is not installed: run .ci/run (it installs it)");
     }
     let cfg = empty_config();
-    let combos: &[&[&str]] = &[
-        &["-o"],
-        &["-v"],
-        &["-r"],
-        &["-v", "-r"],
-        &["-v", "-r", "-o"],
-        &["-e", "-h"],
-        &["-e", "-b"],
-        &["-h", "-b"],
-        &["-b", "-o"],
-        &["-h", "-o"],
-        &["-e", "-o", "-d"],
-        &["-v", "-e"],
-        &["-v", "-h", "-o"],
-        &["-d"],
-        &["-s", "97", "-e"],
-    ];
+    let combos = POSTCAT_COMBOS;
     let mut failures = Vec::new();
     let mut checked = 0;
     for fx in fixtures() {

@@ -186,13 +186,7 @@ impl Spool {
             env
         };
         // G10, S6: nobody holds an fcntl lock (probe, no lock taken) ...
-        let mut fl = libc::flock {
-            l_type: libc::F_WRLCK as i16,
-            l_whence: libc::SEEK_SET as i16,
-            l_start: 0,
-            l_len: 0,
-            l_pid: 0,
-        };
+        let mut fl = super::spool::whole_file_write_lock();
         fcntl(file.as_fd(), FcntlArg::F_GETLK(&mut fl))
             .map_err(|e| Refusal::Io(format!("fcntl: {e}")))?;
         if fl.l_type != libc::F_UNLCK as i16 {

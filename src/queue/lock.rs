@@ -82,13 +82,7 @@ impl Spool {
         )
         .map_err(err)?;
         let file = File::from(fd);
-        let mut fl = libc::flock {
-            l_type: libc::F_WRLCK as i16,
-            l_whence: libc::SEEK_SET as i16,
-            l_start: 0,
-            l_len: 0,
-            l_pid: 0,
-        };
+        let mut fl = super::spool::whole_file_write_lock();
         match fcntl(&file, FcntlArg::F_SETLK(&fl)) {
             Ok(_) => {}
             Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => {

@@ -30,6 +30,17 @@ pub const SEARCH_ORDER: &[&str] = &[
     "hold", "incoming", "deferred", "active", "maildrop", QUARANTINE,
 ];
 
+/// A POSIX write lock on a whole file, for `F_GETLK` probes and `F_SETLK`.
+pub(crate) fn whole_file_write_lock() -> libc::flock {
+    libc::flock {
+        l_type: libc::F_WRLCK as i16,
+        l_whence: libc::SEEK_SET as i16,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    }
+}
+
 /// A cached directory handle and what it was when opened.
 #[derive(Debug)]
 struct Cached {

@@ -144,6 +144,26 @@ pub fn fixtures() -> Vec<Fixture> {
     out
 }
 
+/// postcat option sets compared live with posthold cat, beyond the five
+/// whose output the fixtures store (none, -e, -h, -b, -v -o).
+pub const POSTCAT_COMBOS: &[&[&str]] = &[
+    &["-o"],
+    &["-v"],
+    &["-r"],
+    &["-v", "-r"],
+    &["-v", "-r", "-o"],
+    &["-e", "-h"],
+    &["-e", "-b"],
+    &["-h", "-b"],
+    &["-b", "-o"],
+    &["-h", "-o"],
+    &["-e", "-o", "-d"],
+    &["-v", "-e"],
+    &["-v", "-h", "-o"],
+    &["-d"],
+    &["-s", "97", "-e"],
+];
+
 /// A temporary Postfix configuration directory with an empty main.cf
 /// (Postfix defaults), for tools that need one but no running instance.
 pub fn empty_config() -> tempfile::TempDir {

@@ -171,7 +171,8 @@ impl TempSpool {
         std::fs::read_dir(self.q().join("hold")).unwrap().count()
     }
 
-    pub fn cmd(&self, args: &[&str]) -> Output {
+    /// `posthold SUBCOMMAND -c CONFIG --queue-directory QUEUE ARGS...`.
+    pub fn command(&self, args: &[&str]) -> std::process::Command {
         let mut c = posthold();
         c.arg(args[0])
             .arg("-c")
@@ -179,7 +180,12 @@ impl TempSpool {
             .arg("--queue-directory")
             .arg(self.q())
             .args(&args[1..]);
-        run(c)
+        c
+    }
+
+    /// Runs [`TempSpool::command`] with no stdin.
+    pub fn cmd(&self, args: &[&str]) -> Output {
+        run(self.command(args))
     }
 }
 
