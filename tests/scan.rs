@@ -973,3 +973,61 @@ fn scan_judges_due_dates_as_the_daemon_does() {
     );
     assert!(!text.contains("would release"), "{text}");
 }
+
+/// A scheduled release cannot skip the scanners: a `release-at` mail with a
+/// GTUBE body is scanned when it falls due and quarantined; clean scheduled
+/// mail is delivered.
+#[test]
+fn scheduled_mail_is_scanned_before_release() {
+    require_postfix();
+    let pf = Instance::start(false);
+    let (_spamd, spamd_addr) = start_spamd(pf.dir.path());
+    let rules = pf.dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        format!(
+            r#"
+[scanner.spamd]
+type = "spamd"
+address = "{spamd_addr}"
+
+[[rule]]
+name = "scheduled"
+header = "X-Deliver-At"
+action = "release-at"
+
+[[rule]]
+name = "spam"
+scan = "spamd"
+symbol = "^GTUBE$"
+action = "quarantine"
+
+[[rule]]
+name = "clean"
+action = "release"
+"#
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&pf, &["--rules", rules.to_str().unwrap()]);
+    let due = chrono::Utc::now() + chrono::Duration::seconds(4);
+    for (token, body) in [("spammy", GTUBE), ("fine", "See you at noon.")] {
+        let m = String::from_utf8(message(token, body)).unwrap().replacen(
+            "MIME-Version",
+            &format!("X-Deliver-At: {}\nMIME-Version", due.to_rfc2822()),
+            1,
+        );
+        pf.send("alice@posthold.test", &["bob@posthold.test"], m.as_bytes());
+    }
+    wait_until(
+        Instant::now() + Duration::from_secs(90),
+        "spam quarantined, clean delivered",
+        || {
+            tokens_in(&pf, "posthold-quarantine") == set(&["spammy"])
+                && delivered_tokens(&pf) == set(&["fine"])
+        },
+    );
+    let (_, log) = daemon.term();
+    assert!(log.contains("quarantine, reason=rule, rule=spam"), "{log}");
+    assert!(log.contains("scanner=spamd, spam"), "{log}");
+}

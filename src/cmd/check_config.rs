@@ -69,11 +69,22 @@ pub fn run(r: &Rules, out: &mut dyn Write) -> Result<i32, Fatal> {
 /// * fail-open scanners: `spamc` without `-x` (`--no-safe-fallback`)
 ///   exits 0 when spamd cannot be reached; `spamassassin` without `-e`
 ///   (`--exit-code`) exits 0 whatever the verdict;
+/// * a rule with `unscanned = true` that releases on sender-controlled
+///   input (a header, a due date, the envelope sender or recipients);
 /// * an address where it can be read as an option: `{recipients}`, or a
 ///   `{sender}` that is a whole argument, with no `--` before it (an
 ///   address may begin with `-`).
 pub fn lint(r: &Rules) -> Vec<String> {
     let mut out = Vec::new();
+    // Releases that skip the scanners on what the sender chose.
+    for rule in &r.rules {
+        if rule.unscanned && !r.scanners.is_empty() && rule.sender_controlled() {
+            out.push(format!(
+                "rule {}: releases unscanned on what the sender chose (a header, the due date or the envelope sender): a spammer can write it (drop unscanned = true)",
+                rule.name
+            ));
+        }
+    }
     for sc in &r.scanners {
         let ScannerKind::Command { argv, .. } = &sc.kind else {
             continue;
@@ -134,5 +145,30 @@ mod tests {
         );
         let w = warnings(r#"argv = ["/bin/check", "{recipients}", "--"]"#);
         assert_eq!(w.len(), 1, "a -- after the addresses does not count: {w:?}");
+    }
+
+    #[test]
+    fn unscanned_releases_on_what_senders_choose_are_warned_about() {
+        let rules = |rule: &str| {
+            Rules::parse(&format!(
+                "[scanner.s]\ntype = \"command\"\nargv = [\"/bin/true\"]\n[[rule]]\n{rule}\n[[rule]]\nscan = \"s\"\nexit = [1]\naction = \"quarantine\"\n"
+            ))
+            .unwrap()
+        };
+        let w = lint(&rules(
+            "header = \"X-Deliver-At\"\naction = \"release-at\"\nunscanned = true",
+        ));
+        assert!(w.len() == 1 && w[0].contains("releases unscanned"), "{w:?}");
+        let w = lint(&rules(
+            "sender = \"@example\\\\.com$\"\naction = \"release\"\nunscanned = true",
+        ));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(lint(&rules("header = \"X-Deliver-At\"\naction = \"release-at\"")).is_empty());
+        assert!(
+            lint(&rules(
+                "min_held = \"7d\"\naction = \"release\"\nunscanned = true"
+            ))
+            .is_empty()
+        );
     }
 }

@@ -26,6 +26,8 @@ pub struct Rule {
     pub(super) held: (Option<u64>, Option<u64>),
     /// A scanner (index into [`Rules::scanners`]) and what its result must be.
     pub(super) scan: Option<(usize, ScanCond)>,
+    /// Releases without passing the scan rules (`unscanned = true`).
+    pub unscanned: bool,
     /// The action.
     pub verdict: Verdict,
 }
@@ -125,6 +127,16 @@ fn within(v: u64, (lo, hi): (Option<u64>, Option<u64>)) -> bool {
 }
 
 impl Rule {
+    /// Whether it releases on what a sender chooses: a header (its value,
+    /// a due date) or the envelope sender or recipients.
+    pub fn sender_controlled(&self) -> bool {
+        matches!(self.verdict, Verdict::Release | Verdict::ReleaseAt(_))
+            && (self.header.is_some()
+                || self.sender.is_some()
+                || self.recipient.is_some()
+                || matches!(self.verdict, Verdict::ReleaseAt(_)))
+    }
+
     /// The scanner this rule needs, if any (index into [`Rules::scanners`]).
     pub fn scanner(&self) -> Option<usize> {
         self.scan.as_ref().map(|(i, _)| *i)
@@ -158,6 +170,21 @@ impl Rule {
     }
 }
 
+/// One scan rule's step (see [`Rules::scan_step`]).
+enum Step<'a> {
+    /// Its scan condition holds.
+    Matches,
+    /// It does not apply (or the message is too large and passes).
+    Passes,
+    /// The search ends here: a scan to run, or keep the message.
+    Stop(Eval<'a>),
+}
+
+/// Whether a verdict lets mail go on to delivery.
+fn releases(v: &Verdict) -> bool {
+    matches!(v, Verdict::Release | Verdict::ReleaseAt(_))
+}
+
 /// The rules' answer for a message (see [`Rules::judge`]).
 #[derive(Debug)]
 pub enum Judgement {
@@ -186,46 +213,79 @@ impl Rules {
             if !r.matches(f) {
                 continue;
             }
-            let Some((si, cond)) = &r.scan else {
-                return Eval::Rule(Some(r));
-            };
-            // S12: a rule without its scan result stops the search: no
-            // later rule can match, so no failure falls through to a release.
-            let Some((_, out)) = results.iter().find(|(i, _)| i == si) else {
-                return Eval::Scan(*si);
-            };
-            if let Answer::Oversize(n) = out {
-                let sc = &self.scanners[*si];
-                if sc.oversize_passes {
-                    continue;
-                }
-                return Eval::Hold(Reason::ScanOversize {
-                    scanner: sc.name.clone(),
-                    size: *n,
-                    max_size: sc.max_size.unwrap_or(0),
-                });
-            }
-            if cond.matches(out) {
+            if r.scan.is_none() {
                 return Eval::Rule(Some(r));
             }
-            // A non-zero exit code that this rule does not take must be
-            // taken by a later rule on the same scanner that applies to
-            // this message; otherwise no rule names it for this message,
-            // and it must not fall through to a release.
-            if let Answer::Exit(c, _) = out
-                && *c != 0
-                && !self.rules.iter().skip_while(|x| !std::ptr::eq(*x, r)).skip(1).any(|x| {
-                    matches!(&x.scan, Some((i, ScanCond::Exit(codes))) if i == si && codes.contains(c))
-                        && x.matches(f)
-                })
-            {
-                return Eval::Hold(Reason::ScanUnnamedExit {
-                    scanner: self.scanners[*si].name.clone(),
-                    exit: *c,
-                });
+            match self.scan_step(r, f, results) {
+                Step::Matches => return Eval::Rule(Some(r)),
+                Step::Passes => continue,
+                Step::Stop(e) => return e,
             }
         }
         Eval::Rule(None)
+    }
+
+    /// A matching rule with a scan condition, given the results so far.
+    fn scan_step(&self, r: &Rule, f: &Facts, results: &[(usize, Answer)]) -> Step<'_> {
+        let Some((si, cond)) = &r.scan else {
+            return Step::Passes;
+        };
+        // S12: a rule without its scan result stops the search: no later
+        // rule can match, so no failure falls through to a release.
+        let Some((_, out)) = results.iter().find(|(i, _)| i == si) else {
+            return Step::Stop(Eval::Scan(*si));
+        };
+        if let Answer::Oversize(n) = out {
+            let sc = &self.scanners[*si];
+            if sc.oversize_passes {
+                return Step::Passes;
+            }
+            return Step::Stop(Eval::Hold(Reason::ScanOversize {
+                scanner: sc.name.clone(),
+                size: *n,
+                max_size: sc.max_size.unwrap_or(0),
+            }));
+        }
+        if cond.matches(out) {
+            return Step::Matches;
+        }
+        // A non-zero exit code that this rule does not take must be taken
+        // by a later rule on the same scanner that applies to this
+        // message; otherwise no rule names it for this message, and it
+        // must not fall through to a release.
+        if let Answer::Exit(c, _) = out
+            && *c != 0
+            && !self.rules.iter().skip_while(|x| !std::ptr::eq(*x, r)).skip(1).any(|x| {
+                matches!(&x.scan, Some((i, ScanCond::Exit(codes))) if i == si && codes.contains(c))
+                    && x.matches(f)
+            })
+        {
+            return Step::Stop(Eval::Hold(Reason::ScanUnnamedExit {
+                scanner: self.scanners[*si].name.clone(),
+                exit: *c,
+            }));
+        }
+        Step::Passes
+    }
+
+    /// What a release decided without a scan must still pass: every scan
+    /// rule that applies to the message, in order (senders choose the due
+    /// header and the envelope sender, so neither may skip the scanners).
+    /// `None`: it passes; else the scan to run, or the scan rule's ruling.
+    fn scan_gate(&self, f: &Facts, results: &[(usize, Answer)]) -> Option<Eval<'_>> {
+        for r in self.rules.iter().filter(|r| r.scan.is_some()) {
+            if !r.matches(f) {
+                continue;
+            }
+            match self.scan_step(r, f, results) {
+                // A scan rule that itself releases (clean mail) is passed.
+                Step::Matches if releases(&r.verdict) => continue,
+                Step::Matches => return Some(Eval::Rule(Some(r))),
+                Step::Passes => continue,
+                Step::Stop(e) => return Some(e),
+            }
+        }
+        None
     }
 
     /// The one decision, made by the daemon and by `posthold scan` alike:
@@ -241,24 +301,50 @@ impl Rules {
             Eval::Scan(si) => return Judgement::Scan(si),
             Eval::Hold(reason) => keep(reason),
             Eval::Rule(None) => keep(Reason::NoRule),
-            Eval::Rule(Some(rule)) => match &rule.verdict {
-                Verdict::ReleaseAt(h) => {
-                    let settings = DueSettings {
-                        horizon: self.horizon,
-                        on_bad_date: &self.on_bad_date,
-                        assume_zone: self.assume_zone,
-                    };
-                    due::ruling(&rule.name, &rule.verdict, h, f, settings, now)
+            Eval::Rule(Some(rule)) => {
+                let ruling = self.judge_rule(rule, f, now);
+                // A release that is to happen now (a scheduled one once it
+                // is due) by a rule with no scan of its own still passes
+                // the scan rules, unless the rule says `unscanned = true`:
+                // senders choose the due header and the envelope sender.
+                let releases_now = releases(&ruling.verdict) && ruling.due.is_none_or(|t| t <= now);
+                if !releases_now
+                    || rule.scan.is_some()
+                    || rule.unscanned
+                    || self.scanners.is_empty()
+                {
+                    ruling
+                } else {
+                    match self.scan_gate(f, results) {
+                        None | Some(Eval::Rule(None)) => ruling,
+                        Some(Eval::Scan(si)) => return Judgement::Scan(si),
+                        Some(Eval::Hold(reason)) => keep(reason),
+                        Some(Eval::Rule(Some(stop))) => self.judge_rule(stop, f, now),
+                    }
                 }
-                v => Ruling {
-                    verdict: v.clone(),
-                    due: None,
-                    reason: Reason::Rule {
-                        rule: rule.name.clone(),
-                    },
+            }
+        })
+    }
+
+    /// The ruling of a rule that matched.
+    fn judge_rule(&self, rule: &Rule, f: &Facts, now: i64) -> Ruling {
+        match &rule.verdict {
+            Verdict::ReleaseAt(h) => {
+                let settings = DueSettings {
+                    horizon: self.horizon,
+                    on_bad_date: &self.on_bad_date,
+                    assume_zone: self.assume_zone,
+                };
+                due::ruling(&rule.name, &rule.verdict, h, f, settings, now)
+            }
+            v => Ruling {
+                verdict: v.clone(),
+                due: None,
+                reason: Reason::Rule {
+                    rule: rule.name.clone(),
                 },
             },
-        })
+        }
     }
 
     /// The scanner named `name`.

@@ -43,6 +43,7 @@ struct FileRule {
     action: String,
     due_header: Option<String>,
     scan: Option<String>,
+    unscanned: Option<bool>,
     exit: Option<Vec<i32>>,
     spam: Option<bool>,
     min_score: Option<f64>,
@@ -396,6 +397,7 @@ impl Rules {
             age: (None, None),
             held: (None, None),
             scan: None,
+            unscanned: false,
             verdict: Verdict::ReleaseAt(h.into()),
         };
         Rules {
@@ -462,6 +464,7 @@ impl Rules {
                     dur(&r.max_held, &ctx("max_held"))?,
                 ),
                 scan,
+                unscanned: r.unscanned.unwrap_or(false),
                 verdict: verdict(&r.action, r.due_header.clone(), r.header.as_ref())
                     .map_err(|e| ctx(&e))?,
                 name,

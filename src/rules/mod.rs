@@ -363,4 +363,87 @@ mod tests {
         assert!(Rules::parse("[settings]\nassume_zone = \"+1500\"\n").is_err());
         assert!(Rules::parse("[settings]\nassume_zone = \"UTC\"\n").is_ok());
     }
+
+    // Issue "senders cannot skip scanning": a release chosen by a header or
+    // the sender still passes the scan rules, unless the rule says
+    // `unscanned = true`.
+    #[test]
+    fn releases_pass_the_scan_rules_unless_a_rule_says_unscanned() {
+        let text = |unscanned: &str| {
+            format!(
+                r#"
+                [scanner.av]
+                type = "command"
+                argv = ["/bin/av"]
+                [[rule]]
+                name = "scheduled"
+                header = "X-Deliver-At"
+                action = "release-at"
+                {unscanned}
+                [[rule]]
+                name = "trusted"
+                sender = "@example\\.com$"
+                action = "release"
+                [[rule]]
+                name = "virus"
+                scan = "av"
+                exit = [1]
+                action = "quarantine"
+                [[rule]]
+                name = "rest"
+                action = "release"
+                "#
+            )
+        };
+        let r = Rules::parse(&text("")).unwrap();
+        let now = 1_795_500_000;
+        let past = Facts {
+            headers: vec![(
+                "X-Deliver-At".into(),
+                "Mon, 23 Nov 2026 09:20:00 +0000".into(),
+            )],
+            ..Facts::default()
+        };
+        // Due: the scan runs first.
+        assert!(matches!(r.judge(&past, &[], now), Judgement::Scan(0)));
+        let infected = [(0, Answer::Exit(1, String::new()))];
+        let clean = [(0, Answer::Exit(0, String::new()))];
+        match r.judge(&past, &infected, now) {
+            Judgement::Ruled(x) => assert_eq!(x.verdict, Verdict::Quarantine),
+            j => panic!("{j:?}"),
+        }
+        match r.judge(&past, &clean, now) {
+            Judgement::Ruled(x) => {
+                assert_eq!((x.verdict.name(), x.due.is_some()), ("release-at", true))
+            }
+            j => panic!("{j:?}"),
+        }
+        // Not due yet: scheduled without a scan; the scan comes at the due time.
+        let future = Facts {
+            headers: vec![(
+                "X-Deliver-At".into(),
+                "Mon, 23 Nov 2026 09:20:00 +0000".into(),
+            )],
+            ..Facts::default()
+        };
+        match r.judge(&future, &[], 1_795_000_000) {
+            Judgement::Ruled(x) => assert_eq!(x.due, Some(1_795_425_600)),
+            j => panic!("{j:?}"),
+        }
+        // A trusted sender is scanned too.
+        let trusted = Facts {
+            sender: "boss@example.com".into(),
+            ..Facts::default()
+        };
+        assert!(matches!(r.judge(&trusted, &[], now), Judgement::Scan(0)));
+        // unscanned = true: released without a scan.
+        let u = Rules::parse(&text("unscanned = true")).unwrap();
+        match u.judge(&past, &[], now) {
+            Judgement::Ruled(x) => assert_eq!(x.verdict.name(), "release-at"),
+            j => panic!("{j:?}"),
+        }
+        // Without scanners nothing changes.
+        let plain = Rules::default_rules();
+        assert!(matches!(plain.judge(&past, &[], now), Judgement::Ruled(_)));
+    }
 }
