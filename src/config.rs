@@ -209,7 +209,7 @@ impl Config {
     }
 }
 
-fn postconf_path() -> PathBuf {
+pub(crate) fn postconf_path() -> PathBuf {
     std::env::var_os("POSTHOLD_POSTCONF")
         .map(PathBuf::from)
         .unwrap_or_else(|| {

@@ -202,3 +202,56 @@ fn scans_that_never_succeed_are_told_counted_and_may_quarantine() {
         }
     }
 }
+
+/// `check-config -c` says what to change in a Postfix configured the old
+/// way (the HOLD rule inherited by mime_header_checks and
+/// nested_header_checks), where a forwarded scheduled message is held with
+/// no date posthold can read; configured by README's steps, the same
+/// message is delivered and the audit finds nothing.
+#[test]
+fn check_config_audits_postfix_and_forwarded_mail_is_not_stranded() {
+    require_postfix();
+    let forwarded = b"From: a@posthold.test\nTo: b@posthold.test\nSubject: fwd\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=\"B\"\n\n--B\nContent-Type: text/plain\n\nsee the attached message\n--B\nContent-Type: message/rfc822\n\nFrom: x@posthold.test\nX-Deliver-At: Mon, 1 Jan 2035 00:00:00 +0000\nSubject: inner\n\ninner body\n--B--\n";
+    // The rules release on X-Deliver-At, which the harness's header_checks
+    // holds.
+    let rules_dir = tempfile::tempdir().unwrap();
+    let rules = rules_dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nheader = \"X-Deliver-At\"\naction = \"release-at\"\n",
+    )
+    .unwrap();
+    let old = Instance::start(false);
+    let out = run(posthold()
+        .arg("check-config")
+        .arg("-c")
+        .arg(old.etc())
+        .arg(&rules));
+    let text = expect_exit(&out, 1);
+    for setting in ["mime_header_checks", "nested_header_checks"] {
+        assert!(
+            text.lines().any(|l| l.starts_with("postfix: ")
+                && l.contains(setting)
+                && l.contains(&format!("postconf -e {setting}="))),
+            "{setting}: {text}"
+        );
+    }
+    old.send("a@posthold.test", &["b@posthold.test"], forwarded);
+    assert_eq!(old.wait_held(1).len(), 1, "held by the inherited rule");
+
+    let new = Instance::start_with(false, &["mime_header_checks=", "nested_header_checks="]);
+    let out = run(posthold()
+        .arg("check-config")
+        .arg("-c")
+        .arg(new.etc())
+        .arg(&rules));
+    let text = expect_exit(&out, 0);
+    assert!(text.contains("postfix: 0 finding(s)"), "{text}");
+    new.send("a@posthold.test", &["b@posthold.test"], forwarded);
+    wait_until(
+        Instant::now() + Duration::from_secs(30),
+        "delivered",
+        || !new.delivered().is_empty(),
+    );
+    assert!(new.held().is_empty());
+}

@@ -3,9 +3,14 @@
 //! prints the rules, scanners and settings as posthold understands them.
 
 use std::io::Write;
+use std::path::Path;
+use std::process::Command;
 
+use crate::config::{Config, postconf_path};
 use crate::error::Fatal;
-use crate::rules::Rules;
+use crate::queue::act::supports_noreplace;
+use crate::queue::spool::Spool;
+use crate::rules::{Rules, Verdict};
 use crate::scan::ScannerKind;
 
 /// Prints the rules `r` and what to fix in them; exit 0, or 1 when there
@@ -115,6 +120,157 @@ pub fn lint(r: &Rules) -> Vec<String> {
         }
     }
     out
+}
+
+/// `postconf [-c dir] ARGS`: its output, or an error naming it.
+fn postconf(config_dir: Option<&Path>, args: &[&str]) -> Result<String, Fatal> {
+    let mut c = Command::new(postconf_path());
+    if let Some(d) = config_dir {
+        c.arg("-c").arg(d);
+    }
+    let out = c
+        .args(args)
+        .output()
+        .map_err(|e| Fatal::config(format!("postconf: {e}")))?;
+    if !out.status.success() {
+        return Err(Fatal::config(format!(
+            "postconf {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The value of each `name = value` line.
+fn values(text: &str) -> std::collections::HashMap<String, String> {
+    crate::config::parse_postconf(text)
+}
+
+/// Whether a `regexp:` or `pcre:` table file holds a HOLD rule whose pattern
+/// matches `line`; `None` when the table cannot be read as such.
+fn holds(table: &str, line: &str) -> Option<bool> {
+    let (kind, path) = table.split_once(':')?;
+    if kind != "regexp" && kind != "pcre" {
+        return None;
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    for l in text.lines().map(str::trim) {
+        let Some(rest) = l.strip_prefix('/') else {
+            continue;
+        };
+        let Some(end) = rest.rfind('/') else { continue };
+        let (pattern, tail) = (&rest[..end], &rest[end + 1..]);
+        let (flags, action) = tail.split_at(tail.find(char::is_whitespace).unwrap_or(tail.len()));
+        // Postfix's regexp and pcre tables match case-insensitively unless
+        // the `i` flag turns that off.
+        let insensitive = !flags.contains('i');
+        let re = regex::RegexBuilder::new(pattern)
+            .case_insensitive(insensitive)
+            .build();
+        if re.is_ok_and(|re| re.is_match(line))
+            && action.trim_start().to_ascii_uppercase().starts_with("HOLD")
+        {
+            return Some(true);
+        }
+    }
+    Some(false)
+}
+
+/// `check-config -c`: what posthold needs of the Postfix configuration in
+/// `config_dir`, each finding with the setting to change.
+pub fn audit_postfix(config_dir: Option<&Path>, rules: &Rules) -> Result<Vec<String>, Fatal> {
+    let mut out = Vec::new();
+    let raw = values(&postconf(
+        config_dir,
+        &[
+            "header_checks",
+            "mime_header_checks",
+            "nested_header_checks",
+            "mail_version",
+        ],
+    )?);
+    let get = |n: &str| raw.get(n).cloned().unwrap_or_default();
+    // The due headers the rules release on.
+    let mut due: Vec<String> = rules
+        .rules
+        .iter()
+        .filter_map(|r| match &r.verdict {
+            Verdict::ReleaseAt(h) => Some(h.clone()),
+            _ => None,
+        })
+        .collect();
+    due.dedup();
+    let tables: Vec<String> = get("header_checks")
+        .split([',', ' ', '\t'])
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect();
+    let mut held_by_header_checks = false;
+    for h in &due {
+        let line = format!("{h}: Mon, 1 Jan 2035 00:00:00 +0000");
+        let found: Vec<Option<bool>> = tables.iter().map(|t| holds(t, &line)).collect();
+        if found.contains(&Some(true)) {
+            held_by_header_checks = true;
+        } else if found.contains(&None) {
+            out.push(format!(
+                "header_checks = {}: posthold reads only regexp: and pcre: tables; make sure one holds {h}: (/^{h}:/ HOLD)",
+                get("header_checks")
+            ));
+        } else {
+            out.push(format!(
+                "no HOLD rule for {h}: in header_checks: add /^{h}:/ HOLD to a regexp: table named by header_checks (postconf -e header_checks=regexp:/etc/postfix/header_checks)"
+            ));
+        }
+    }
+    if held_by_header_checks {
+        for inherit in ["mime_header_checks", "nested_header_checks"] {
+            let v = get(inherit);
+            if v.contains("$header_checks")
+                || v.contains("${header_checks}")
+                || (!v.is_empty() && v == get("header_checks"))
+            {
+                out.push(format!(
+                    "{inherit} = {v}: the HOLD rule then also holds mail whose MIME parts or attached messages carry a due header posthold does not read, and it stays held: postconf -e {inherit}="
+                ));
+            }
+        }
+    }
+    // qmgr and pickup, as UNIX sockets or FIFOs (posthold wakes both).
+    let cfg = Config::load(config_dir, None)?;
+    let services = postconf(config_dir, &["-M"])?;
+    for (svc, what) in [
+        (&cfg.queue_service_name, "qmgr"),
+        (&cfg.pickup_service_name, "pickup"),
+    ] {
+        let known = services.lines().any(|l| {
+            let mut f = l.split_whitespace();
+            f.next() == Some(svc.as_str()) && matches!(f.next(), Some("unix" | "fifo"))
+        });
+        if !known {
+            out.push(format!(
+                "master.cf has no {what} service {svc} of type unix or fifo: released mail waits for Postfix's own scans"
+            ));
+        }
+    }
+    // The queue file system: RENAME_NOREPLACE (Assumption A5).
+    match Spool::open(cfg.clone()) {
+        Ok(spool) if !supports_noreplace(&spool) => out.push(format!(
+            "{}: the file system does not support RENAME_NOREPLACE: posthold refuses every move there",
+            cfg.queue_directory.display()
+        )),
+        Ok(_) => {}
+        Err(e) => out.push(format!("cannot test the queue file system: {e}")),
+    }
+    // The queue file format posthold knows: Postfix 3.x.
+    let version = get("mail_version");
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+    if !matches!((parts.next(), parts.next()), (Some(Some(3)), Some(Some(minor))) if minor <= 10) {
+        out.push(format!(
+            "mail_version = {version}: posthold knows the queue files of Postfix 3.0 to 3.10"
+        ));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -134,6 +134,13 @@ struct StatusArgs {
 
 #[derive(Debug, Args)]
 struct CheckConfigArgs {
+    /// Also audit the Postfix configuration in CONFIG_DIR: what posthold
+    /// needs of it, each finding with the setting to change.
+    #[arg(short = 'c', value_name = "CONFIG_DIR")]
+    config_dir: Option<PathBuf>,
+    /// Audit the default Postfix configuration (as postconf without -c).
+    #[arg(long)]
+    postfix: bool,
     /// Rules file to check; the default rules when none.
     rules: Option<PathBuf>,
 }
@@ -313,8 +320,7 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32
         Command::Scan(a) => scan_cmd(&a, &mut out),
         Command::Status(a) => crate::daemon::metrics::parse_addr(&a.metrics)
             .and_then(|addr| status::run(addr, &mut out)),
-        Command::CheckConfig(a) => crate::rules::Rules::load(a.rules.as_deref())
-            .and_then(|r| check_config::run(&r, &mut out)),
+        Command::CheckConfig(a) => check_config_cmd(&a, &mut out),
         Command::Check(a) => check_cmd(&a, &mut out),
     };
     let flushed = out.flush();
@@ -450,6 +456,22 @@ fn watch(a: &WatchArgs) -> Result<i32, Fatal> {
             metrics,
         },
     )
+}
+
+/// `posthold check-config [-c CONFIG_DIR | --postfix] [RULES]`.
+fn check_config_cmd(a: &CheckConfigArgs, out: &mut dyn Write) -> Result<i32, Fatal> {
+    let rules = crate::rules::Rules::load(a.rules.as_deref())?;
+    let status = check_config::run(&rules, out)?;
+    if a.config_dir.is_none() && !a.postfix {
+        return Ok(status);
+    }
+    let findings = check_config::audit_postfix(a.config_dir.as_deref(), &rules)?;
+    let w = |e: std::io::Error| Fatal::runtime(format!("write error: {e}"));
+    for f in &findings {
+        writeln!(out, "postfix: {f}").map_err(w)?;
+    }
+    writeln!(out, "postfix: {} finding(s)", findings.len()).map_err(w)?;
+    Ok(if findings.is_empty() { status } else { 1 })
 }
 
 /// `posthold scan`.

@@ -424,6 +424,12 @@ pub fn repair_hash_dir(spool: &Spool, loc: &Location) -> Result<Location, String
     relocate::move_to(spool, adm, &loc.queue, Times::Keep).map_err(|e| e.to_string())
 }
 
+/// Whether the queue's file system supports `RENAME_NOREPLACE` (a probe
+/// that changes nothing).
+pub fn supports_noreplace(spool: &Spool) -> bool {
+    relocate::supports_noreplace(spool)
+}
+
 /// Creates posthold's quarantine directory (0700, mail_owner) if missing.
 pub fn ensure_quarantine(spool: &Spool) -> Result<(), MoveError> {
     relocate::ensure_quarantine(spool)

@@ -242,6 +242,24 @@ fn target_dir(spool: &Spool, rel: &str, loc: &Location) -> Result<Rc<OwnedFd>, M
         .map_err(|e| MoveError::io(loc, format!("open {rel}: {e}")))
 }
 
+/// Whether the queue directory's file system refuses to replace with
+/// `RENAME_NOREPLACE` (Assumption A5): a probe that renames a name that does
+/// not exist, so it changes nothing (ENOENT where the flag is supported,
+/// EINVAL where it is not).
+pub fn supports_noreplace(spool: &Spool) -> bool {
+    let probe = format!(".posthold-probe-{}", std::process::id());
+    !matches!(
+        renameat2(
+            &spool.root,
+            probe.as_str(),
+            &spool.root,
+            "posthold-probe-target",
+            RenameFlags::RENAME_NOREPLACE,
+        ),
+        Err(Errno::EINVAL | Errno::ENOSYS)
+    )
+}
+
 /// Creates posthold's quarantine directory (0700, mail_owner) if missing.
 pub fn ensure_quarantine(spool: &Spool) -> Result<(), MoveError> {
     let loc = Location {
