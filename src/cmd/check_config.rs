@@ -147,34 +147,76 @@ fn values(text: &str) -> std::collections::HashMap<String, String> {
     crate::config::parse_postconf(text)
 }
 
-/// Whether a `regexp:` or `pcre:` table file holds a HOLD rule whose pattern
-/// matches `line`; `None` when the table cannot be read as such.
-fn holds(table: &str, line: &str) -> Option<bool> {
+/// What a `regexp:` or `pcre:` table does with the header line `line`, as
+/// Postfix reads it: the first rule that matches decides (`Some(Some(true))`:
+/// HOLD; `Some(Some(false))`: another action; `Some(None)`: no rule matches). Rules inside
+/// `if`/`endif` blocks are not counted for HOLD (their condition is not
+/// known here: better a finding than a false all-clear). `None` when the
+/// table cannot be read as such.
+fn holds(table: &str, line: &str) -> Option<Option<bool>> {
     let (kind, path) = table.split_once(':')?;
     if kind != "regexp" && kind != "pcre" {
         return None;
     }
     let text = std::fs::read_to_string(path).ok()?;
+    let mut depth = 0usize;
     for l in text.lines().map(str::trim) {
-        let Some(rest) = l.strip_prefix('/') else {
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        if l.starts_with("endif") {
+            depth = depth.saturating_sub(1);
+            continue;
+        }
+        let is_if = l.starts_with("if ") || l.starts_with("if!") || l.starts_with("if/");
+        let l = l
+            .strip_prefix("if")
+            .map(str::trim_start)
+            .filter(|_| is_if)
+            .unwrap_or(l);
+        let (negated, l) = match l.strip_prefix('!') {
+            Some(rest) => (true, rest),
+            None => (false, l),
+        };
+        // /pattern/flags action, with any delimiter; a backslash escapes.
+        let mut chars = l.char_indices();
+        let Some((_, delim)) = chars.next() else {
             continue;
         };
-        let Some(end) = rest.rfind('/') else { continue };
-        let (pattern, tail) = (&rest[..end], &rest[end + 1..]);
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in chars {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == delim {
+                end = Some(i);
+                break;
+            }
+        }
+        let Some(end) = end else { continue };
+        let pattern = &l[delim.len_utf8()..end];
+        let tail = &l[end + delim.len_utf8()..];
         let (flags, action) = tail.split_at(tail.find(char::is_whitespace).unwrap_or(tail.len()));
-        // Postfix's regexp and pcre tables match case-insensitively unless
-        // the `i` flag turns that off.
-        let insensitive = !flags.contains('i');
-        let re = regex::RegexBuilder::new(pattern)
-            .case_insensitive(insensitive)
-            .build();
-        if re.is_ok_and(|re| re.is_match(line))
-            && action.trim_start().to_ascii_uppercase().starts_with("HOLD")
-        {
-            return Some(true);
+        if is_if {
+            depth += 1;
+            continue;
+        }
+        // Postfix matches case-insensitively unless the `i` flag says not.
+        let Ok(re) = regex::RegexBuilder::new(pattern)
+            .case_insensitive(!flags.contains('i'))
+            .build()
+        else {
+            continue;
+        };
+        if re.is_match(line) != negated {
+            return Some(Some(
+                depth == 0 && action.trim_start().to_ascii_uppercase().starts_with("HOLD"),
+            ));
         }
     }
-    Some(false)
+    Some(None)
 }
 
 /// `check-config -c`: what posthold needs of the Postfix configuration in
@@ -191,6 +233,8 @@ pub fn audit_postfix(config_dir: Option<&Path>, rules: &Rules) -> Result<Vec<Str
         ],
     )?);
     let get = |n: &str| raw.get(n).cloned().unwrap_or_default();
+    // The tables with $config_directory and the like expanded.
+    let expanded = values(&postconf(config_dir, &["-x", "header_checks"])?);
     // The due headers the rules release on.
     let mut due: Vec<String> = rules
         .rules
@@ -201,7 +245,10 @@ pub fn audit_postfix(config_dir: Option<&Path>, rules: &Rules) -> Result<Vec<Str
         })
         .collect();
     due.dedup();
-    let tables: Vec<String> = get("header_checks")
+    let tables: Vec<String> = expanded
+        .get("header_checks")
+        .cloned()
+        .unwrap_or_default()
         .split([',', ' ', '\t'])
         .filter(|t| !t.is_empty())
         .map(str::to_string)
@@ -209,10 +256,22 @@ pub fn audit_postfix(config_dir: Option<&Path>, rules: &Rules) -> Result<Vec<Str
     let mut held_by_header_checks = false;
     for h in &due {
         let line = format!("{h}: Mon, 1 Jan 2035 00:00:00 +0000");
-        let found: Vec<Option<bool>> = tables.iter().map(|t| holds(t, &line)).collect();
-        if found.contains(&Some(true)) {
+        // The tables in order: the first rule that matches decides.
+        let mut verdict = None;
+        let mut unreadable = false;
+        for t in &tables {
+            match holds(t, &line) {
+                Some(Some(hold)) => {
+                    verdict = Some(hold);
+                    break;
+                }
+                Some(None) => {}
+                None => unreadable = true,
+            }
+        }
+        if verdict == Some(true) {
             held_by_header_checks = true;
-        } else if found.contains(&None) {
+        } else if unreadable && verdict.is_none() {
             out.push(format!(
                 "header_checks = {}: posthold reads only regexp: and pcre: tables; make sure one holds {h}: (/^{h}:/ HOLD)",
                 get("header_checks")
@@ -326,5 +385,54 @@ mod tests {
             ))
             .is_empty()
         );
+    }
+
+    #[test]
+    fn header_checks_tables_are_read_as_postfix_reads_them() {
+        let d = tempfile::tempdir().unwrap();
+        let table = |text: &str| {
+            let p = d.path().join("t");
+            std::fs::write(&p, text).unwrap();
+            format!("regexp:{}", p.display())
+        };
+        let line = "X-Deliver-At: Mon, 1 Jan 2035 00:00:00 +0000";
+        assert_eq!(
+            holds(&table("/^X-Deliver-At:/ HOLD scheduled/later\n"), line),
+            Some(Some(true))
+        );
+        assert_eq!(
+            holds(&table("/^x-deliver-at:/ HOLD\n"), line),
+            Some(Some(true)),
+            "case-insensitive"
+        );
+        assert_eq!(
+            holds(&table("/^x-deliver-at:/i HOLD\n"), line),
+            Some(None),
+            "i: case-sensitive"
+        );
+        assert_eq!(
+            holds(&table("/^X-/ DUNNO\n/^X-Deliver-At:/ HOLD\n"), line),
+            Some(Some(false)),
+            "first match wins"
+        );
+        assert_eq!(
+            holds(&table("|^X-Deliver-At:| HOLD\n"), line),
+            Some(Some(true)),
+            "any delimiter"
+        );
+        assert_eq!(
+            holds(&table("!/^Subject:/ HOLD\n"), line),
+            Some(Some(true)),
+            "negation"
+        );
+        assert_eq!(
+            holds(
+                &table("if /^Subject:/\n/^X-Deliver-At:/ HOLD\nendif\n"),
+                line
+            ),
+            Some(Some(false)),
+            "inside if: not counted"
+        );
+        assert_eq!(holds("hash:/etc/postfix/x", line), None);
     }
 }

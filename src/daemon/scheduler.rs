@@ -445,7 +445,12 @@ fn classify(d: &Decision, now_ms: i64) -> Option<State> {
         }
         (Verdict::Keep, _) if d.reason == Reason::NoRule => Some(State::KeepNoRule),
         (Verdict::Keep, _) => Some(State::Keep),
-        (Verdict::ReleaseAt(_), Some(due)) if due > now => Some(State::Scheduled),
+        // Judged before its due time (the scan rules were not passed then):
+        // through the heap, which reads it again (and scans) when due,
+        // even if it is due by the time it gets here.
+        (Verdict::ReleaseAt(_), Some(due)) if due > now || due > d.decided => {
+            Some(State::Scheduled)
+        }
         _ => None, // act now
     }
 }
@@ -516,6 +521,24 @@ mod tests {
         assert_eq!(s.next_due((NOW + 61) * 1000), None, "acted on once");
         s.done(1);
         assert!(s.is_empty());
+    }
+
+    // Review: a release judged before its due time skipped the scan rules
+    // (they are passed only when due); arriving late, it went out at once.
+    #[test]
+    fn a_release_judged_before_its_due_time_is_read_again_when_due() {
+        let (mut s, _, _) = sched();
+        let mut early = at(13, NOW + 1);
+        early.decided = NOW;
+        assert_eq!(
+            s.decision(early, (NOW + 2) * 1000),
+            None,
+            "not acted on directly"
+        );
+        assert!(matches!(
+            s.next_due((NOW + 2) * 1000),
+            Some(Due::Act { ino: 13, .. })
+        ));
     }
 
     #[test]

@@ -99,6 +99,9 @@ fn rfc5322(s: &str) -> Option<Due> {
     }
     let norm = parts.join(" ");
     let t = DateTime::parse_from_str(&norm, "%d %b %Y %H:%M:%S %z").ok()?;
+    // RFC 5322 3.3: -0000 (and the military letters, read as -0000) says
+    // the local zone is unknown: no zone.
+    let zoned = zoned && parts[4] != "-0000";
     Some(if zoned {
         Due::At(t)
     } else {
@@ -107,6 +110,13 @@ fn rfc5322(s: &str) -> Option<Due> {
 }
 
 fn iso8601(s: &str) -> Option<Due> {
+    // RFC 3339 4.3: -00:00 says the local offset is unknown: no zone.
+    if let Some(rest) = s.strip_suffix("-00:00").or_else(|| s.strip_suffix("-0000")) {
+        return iso8601(rest.trim_end()).map(|d| match d {
+            Due::At(t) => Due::NoZone(t.naive_utc()),
+            other => other,
+        });
+    }
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(Due::At(t));
     }
@@ -248,8 +258,16 @@ mod tests {
             );
         }
         assert!(matches!(read("2026-11-23T09:20:00Z"), Some(Due::At(_))));
+        // -0000, the military letters and -00:00: the local zone is unknown.
+        for v in [
+            "Mon, 23 Nov 2026 09:20:00 -0000",
+            "Mon, 23 Nov 2026 09:20:00 A",
+            "2026-11-23T09:20:00-00:00",
+        ] {
+            assert!(matches!(read(v), Some(Due::NoZone(_))), "{v}");
+        }
         assert!(matches!(
-            read("Mon, 23 Nov 2026 09:20:00 -0000"),
+            read("Mon, 23 Nov 2026 09:20:00 +0000"),
             Some(Due::At(_))
         ));
         assert_eq!(ts("2026-11-23T09:20"), Some(t));

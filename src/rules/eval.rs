@@ -130,7 +130,7 @@ impl Rule {
     /// Whether it releases on what a sender chooses: a header (its value,
     /// a due date) or the envelope sender or recipients.
     pub fn sender_controlled(&self) -> bool {
-        matches!(self.verdict, Verdict::Release | Verdict::ReleaseAt(_))
+        releases(&self.verdict)
             && (self.header.is_some()
                 || self.sender.is_some()
                 || self.recipient.is_some()
@@ -180,9 +180,13 @@ enum Step<'a> {
     Stop(Eval<'a>),
 }
 
-/// Whether a verdict lets mail go on to delivery.
+/// Whether a verdict lets mail go on to delivery (a requeue too: cleanup
+/// may not hold it again).
 fn releases(v: &Verdict) -> bool {
-    matches!(v, Verdict::Release | Verdict::ReleaseAt(_))
+    matches!(
+        v,
+        Verdict::Release | Verdict::ReleaseAt(_) | Verdict::Requeue
+    )
 }
 
 /// The rules' answer for a message (see [`Rules::judge`]).
