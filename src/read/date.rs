@@ -185,8 +185,9 @@ pub fn read(value: &str) -> Option<Due> {
 }
 
 /// Parses a due-time header value as an instant, taking a zone-less one
-/// as UTC (for tests and tools that want an instant whatever happens).
-pub fn parse(value: &str) -> Option<DateTime<FixedOffset>> {
+/// as UTC (the tests' view; the rules never do this).
+#[cfg(test)]
+fn parse(value: &str) -> Option<DateTime<FixedOffset>> {
     read(value)?.at(Some(FixedOffset::east_opt(0).expect("BUG: UTC offset")))
 }
 
