@@ -312,7 +312,18 @@ mod tests {
     use std::io::Cursor;
 
     fn read_all(bytes: &[u8]) -> Result<Vec<(u8, Vec<u8>)>> {
+        read_all_as(bytes, None)
+    }
+
+    fn read_all_postcat(bytes: &[u8]) -> Result<Vec<(u8, Vec<u8>)>> {
+        read_all_as(bytes, Some(Dialect::Postcat37))
+    }
+
+    fn read_all_as(bytes: &[u8], dialect: Option<Dialect>) -> Result<Vec<(u8, Vec<u8>)>> {
         let mut r = RawReader::new(Cursor::new(bytes))?;
+        if let Some(d) = dialect {
+            r.set_dialect(d);
+        }
         let mut out = Vec::new();
         let mut buf = Vec::new();
         while let Some(t) = r.read_record(&mut buf)? {
@@ -364,17 +375,6 @@ mod tests {
         // A huge claimed length is refused before any allocation.
         let e = read_all(&[b'N', 0xff, 0xff, 0xff, 0x7f]).unwrap_err();
         assert_eq!(e.kind(), &ErrorKind::Truncated);
-    }
-
-    fn read_all_postcat(bytes: &[u8]) -> Result<Vec<(u8, Vec<u8>)>> {
-        let mut r = RawReader::new(Cursor::new(bytes))?;
-        r.set_dialect(Dialect::Postcat37);
-        let mut out = Vec::new();
-        let mut buf = Vec::new();
-        while let Some(t) = r.read_record(&mut buf)? {
-            out.push((t, buf.clone()));
-        }
-        Ok(out)
     }
 
     /// Each case was checked against postcat 3.7.11.
