@@ -39,6 +39,8 @@ pub struct Shared {
     /// Messages whose scans keep failing softly for longer than the
     /// rules' `stuck_after`.
     pub stuck: usize,
+    /// Whether each scanner answers (see the daemon's scanner health).
+    pub scanner_up: BTreeMap<String, bool>,
     /// Actions done, by (action, reason).
     pub actions: BTreeMap<(String, String), u64>,
     /// Actions that failed (the message stayed where it was).
@@ -175,6 +177,13 @@ pub fn render(cfg: &Config, shared: &Shared, now: i64) -> String {
     s.push_str(&format!("posthold_kept_no_rule {}\n", shared.no_rule));
     s.push_str("# HELP posthold_stuck_messages Held messages whose scans keep failing for longer than stuck_after.\n# TYPE posthold_stuck_messages gauge\n");
     s.push_str(&format!("posthold_stuck_messages {}\n", shared.stuck));
+    s.push_str("# HELP posthold_scanner_up Whether the scanner answers (0: down; mail that needs it stays held without strikes).\n# TYPE posthold_scanner_up gauge\n");
+    for (sc, up) in &shared.scanner_up {
+        s.push_str(&format!(
+            "posthold_scanner_up{{scanner=\"{sc}\"}} {}\n",
+            u8::from(*up)
+        ));
+    }
     s.push_str("# HELP posthold_actions_total Actions done, by action and reason.\n# TYPE posthold_actions_total counter\n");
     for ((a, r), n) in &shared.actions {
         s.push_str(&format!(

@@ -35,6 +35,7 @@ pub mod actor;
 pub mod board;
 pub mod decision;
 pub mod events;
+pub mod health;
 pub mod logger;
 pub mod metrics;
 pub mod parser;
@@ -113,6 +114,7 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
         stop: Arc::clone(&stop),
         log: log.clone(),
         shared: Arc::clone(&shared),
+        health: health::Health::default(),
     });
     let scan_threads = scanners::start_all(&scan_ctx);
     let rescan = flag();

@@ -15,6 +15,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 
 use super::board::{Board, Failure};
 use super::decision::{Brain, Decision, Job, send_or_stop};
+use super::health::{Gate, Health};
 use super::logger::Logger;
 use super::metrics::Shared;
 use super::parser::look;
@@ -22,7 +23,7 @@ use crate::config::Config;
 use crate::error::Fatal;
 use crate::read::message::{Headers, Message};
 use crate::rules::{Reason, Rules, Verdict};
-use crate::util::{now, now_ms};
+use crate::util::now_ms;
 
 /// Gives a scan claim back if a worker drops a job without a result
 /// (a panic included), so that the message can be scanned again.
@@ -60,6 +61,8 @@ pub struct ScanCtx {
     pub log: Logger,
     /// Shared with the rest of the daemon.
     pub shared: Arc<Mutex<Shared>>,
+    /// Whether each scanner answers.
+    pub health: Health,
 }
 
 /// One scan worker: takes jobs for one scanner until its queue closes
@@ -71,171 +74,353 @@ fn scan_worker(ctx: Arc<ScanCtx>, rx: Receiver<Job>) {
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
         };
-        let Job {
-            loc,
-            ino,
-            generation,
-            scanner: si,
-            held,
-            committed_us,
-        } = job;
-        let mut guard = ClaimGuard {
-            board: &ctx.board,
-            ino,
-            id: &loc.id,
-            generation,
-            armed: true,
-        };
-        let (sc, stuck_after, on_stuck_quarantine) = {
-            let b = ctx.brain.read().expect("BUG: rules lock poisoned");
-            // S12: a job of an old rules generation is dropped.
-            if b.generation != generation {
-                continue; // rules reloaded: the rescan decides again
-            }
-            (
-                Arc::clone(&b.rules.scanners[si]),
-                b.rules.stuck_after,
-                b.rules.on_stuck == Verdict::Quarantine,
-            )
-        };
-        let msg = match Message::open(
-            ctx.root.as_fd(),
-            &loc.path(),
-            &loc.id,
-            Some(ino),
-            Headers::Skip,
-        ) {
-            Ok(m) => m,
-            // Gone from hold, replaced or unreadable: the guard gives the
-            // claim back; the next event or scan decides.
-            Err(_) => continue,
-        };
-        let started = Instant::now();
-        let result = sc.scan(&msg, &ctx.stop);
-        drop(msg);
-        if ctx.stop.load(Ordering::Relaxed) {
-            return; // not a result: the next start scans again
-        }
-        let secs = started.elapsed().as_secs_f64();
-        let label = match &result {
-            Ok(_) => "done",
-            Err(f) if f.strike => "strike",
-            Err(_) => "failed",
-        };
-        *ctx.shared
-            .lock()
-            .expect("BUG: metrics lock poisoned")
-            .scans
-            .entry((sc.name.clone(), label.into()))
-            .or_insert(0) += 1;
-        let d = match result {
-            Ok(outcome) => {
-                ctx.log.log(&format!(
-                    "{}: scanned, scanner={}, {}, time={secs:.3}s",
-                    loc.id,
-                    sc.name,
-                    outcome.describe()
-                ));
-                guard.armed = false;
-                if !ctx.board.succeeded(ino, &loc.id, generation, si, outcome) {
-                    continue;
-                }
-                let b = ctx.brain.read().expect("BUG: rules lock poisoned");
-                if b.generation != generation {
-                    continue;
-                }
-                // The next rule may need another scanner: decide() queues it.
-                match look(&ctx.cfg, ctx.root.as_fd(), &b, &ctx.board, &loc) {
-                    Some(d) => d,
-                    None => continue,
+        match scan_one(&ctx, job) {
+            Step::Next => {}
+            Step::Stop => return,
+            Step::Decided(d) => {
+                if !send_or_stop(&ctx.decisions, *d, &ctx.stop) {
+                    return;
                 }
             }
-            Err(f) => {
-                guard.armed = false;
-                let Some(st) = ctx.board.failed(
-                    ino,
-                    &loc.id,
-                    generation,
-                    Failure {
-                        strike: f.strike,
-                        backoff: |n| sc.backoff(n),
-                        stuck_after,
-                    },
-                    now_ms(),
-                ) else {
-                    continue;
-                };
-                let poison = st.strikes >= sc.poison_after;
-                ctx.log.log(&format!(
-                    "{}: scan failed, scanner={}, error={}, time={secs:.3}s, failures={}, strikes={}/{}{}",
-                    loc.id,
-                    sc.name,
-                    f.what,
-                    st.failures,
-                    st.strikes,
-                    sc.poison_after,
-                    if poison {
-                        String::new()
-                    } else {
-                        format!(", retry in {}s", (st.retry_ms - now_ms()).max(0) / 1000)
-                    }
-                ));
-                let mut d = Decision {
-                    loc: loc.clone(),
-                    ino,
-                    verdict: Verdict::Keep,
-                    due: None,
-                    reason: Reason::ScanFailed {
-                        scanner: sc.name.clone(),
-                    },
-                    held,
-                    decided: now(),
-                    committed_us,
-                    requeued_copy: false,
-                    arrival: None,
-                    retry_at: Some(st.retry_ms.div_euclid(1000) + 1),
-                    generation,
-                };
-                // Scans that fail softly for ever (exit 75, a scanner that
-                // stays down): told once, and quarantined if the rules say so.
-                if st.newly_stuck && !poison {
-                    ctx.log.warn(&format!(
-                        "{}: keep, reason=scan-stuck, scanner={}, failing for over {}s: {}{}",
-                        loc.id,
-                        sc.name,
-                        stuck_after.as_secs(),
-                        f.what,
-                        if on_stuck_quarantine {
-                            "; quarantined"
-                        } else {
-                            ""
-                        }
-                    ));
-                    if on_stuck_quarantine {
-                        d.verdict = Verdict::Quarantine;
-                        d.retry_at = None;
-                        d.reason = Reason::Stuck {
-                            scanner: sc.name.clone(),
-                            error: f.what.clone(),
-                        };
-                    }
-                }
-                if poison {
-                    d.verdict = Verdict::Quarantine;
-                    d.retry_at = None;
-                    d.reason = Reason::Poison {
-                        scanner: sc.name.clone(),
-                        strikes: st.strikes,
-                        error: f.what.clone(),
-                    };
-                }
-                d
-            }
-        };
-        if !send_or_stop(&ctx.decisions, d, &ctx.stop) {
-            return;
         }
     }
+}
+
+/// What a worker does after one job.
+enum Step {
+    /// Nothing to send (dropped, gone, or decided elsewhere).
+    Next,
+    /// The daemon stops.
+    Stop,
+    /// This decision goes to the scheduler.
+    Decided(Box<Decision>),
+}
+
+/// The rules' settings a scan needs.
+struct Limits {
+    stuck_after: Duration,
+    on_stuck_quarantine: bool,
+}
+
+/// Scans one message (or keeps it while its scanner is down) and decides.
+fn scan_one(ctx: &ScanCtx, job: Job) -> Step {
+    let Job {
+        loc,
+        ino,
+        generation,
+        scanner: si,
+        held,
+        committed_us,
+    } = job;
+    let mut guard = ClaimGuard {
+        board: &ctx.board,
+        ino,
+        id: &loc.id,
+        generation,
+        armed: true,
+    };
+    let (sc, limits) = {
+        let b = ctx.brain.read().expect("BUG: rules lock poisoned");
+        // S12: a job of an old rules generation is dropped.
+        if b.generation != generation {
+            return Step::Next; // rules reloaded: the rescan decides again
+        }
+        (
+            Arc::clone(&b.rules.scanners[si]),
+            Limits {
+                stuck_after: b.rules.stuck_after,
+                on_stuck_quarantine: b.rules.on_stuck == Verdict::Quarantine,
+            },
+        )
+    };
+    let kept = |what: String, strike: bool, retry: Option<i64>, guard: &mut ClaimGuard| {
+        guard.armed = false;
+        failed(
+            ctx,
+            &sc,
+            &loc,
+            ino,
+            generation,
+            held,
+            committed_us,
+            &limits,
+            Lost {
+                what,
+                strike,
+                retry,
+            },
+        )
+    };
+    let trial = match ctx.health.gate(&sc.name, now_ms()) {
+        Gate::Scan => false,
+        Gate::Wait(t) => {
+            return kept(
+                format!("scanner {} is down", sc.name),
+                false,
+                Some(t),
+                &mut guard,
+            );
+        }
+        Gate::Trial => {
+            // A down network scanner is asked first; the message is sent
+            // only once it answers.
+            if let Some(Err(f)) = sc.probe(&ctx.stop) {
+                let t = ctx.health.trial_failed(&sc.name, sc.retry_max, now_ms());
+                return kept(
+                    format!("scanner {} is down: {}", sc.name, f.what),
+                    false,
+                    Some(t),
+                    &mut guard,
+                );
+            }
+            true
+        }
+    };
+    let give_up_trial = |ctx: &ScanCtx| {
+        if trial {
+            ctx.health.trial_failed(&sc.name, sc.retry_max, now_ms());
+        }
+    };
+    let msg = match Message::open(
+        ctx.root.as_fd(),
+        &loc.path(),
+        &loc.id,
+        Some(ino),
+        Headers::Skip,
+    ) {
+        Ok(m) => m,
+        // Gone from hold, replaced or unreadable: the guard gives the
+        // claim back; the next event or scan decides.
+        Err(_) => {
+            give_up_trial(ctx);
+            return Step::Next;
+        }
+    };
+    let started = Instant::now();
+    let result = sc.scan(&msg, &ctx.stop);
+    drop(msg);
+    if ctx.stop.load(Ordering::Relaxed) {
+        return Step::Stop; // not a result: the next start scans again
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let label = match &result {
+        Ok(_) => "done",
+        Err(f) if f.strike => "strike",
+        Err(_) => "failed",
+    };
+    *ctx.shared
+        .lock()
+        .expect("BUG: metrics lock poisoned")
+        .scans
+        .entry((sc.name.clone(), label.into()))
+        .or_insert(0) += 1;
+    match result {
+        Ok(outcome) => {
+            scanner_answered(ctx, &sc.name);
+            ctx.log.log(&format!(
+                "{}: scanned, scanner={}, {}, time={secs:.3}s",
+                loc.id,
+                sc.name,
+                outcome.describe()
+            ));
+            guard.armed = false;
+            if !ctx.board.succeeded(ino, &loc.id, generation, si, outcome) {
+                return Step::Next;
+            }
+            let b = ctx.brain.read().expect("BUG: rules lock poisoned");
+            if b.generation != generation {
+                return Step::Next;
+            }
+            // The next rule may need another scanner: decide() queues it.
+            match look(&ctx.cfg, ctx.root.as_fd(), &b, &ctx.board, &loc) {
+                Some(d) => Step::Decided(Box::new(d)),
+                None => Step::Next,
+            }
+        }
+        Err(f) if f.answered => {
+            scanner_answered(ctx, &sc.name);
+            kept(
+                format!("{}, time={secs:.3}s", f.what),
+                f.strike,
+                None,
+                &mut guard,
+            )
+        }
+        Err(f) if trial => {
+            let t = ctx.health.trial_failed(&sc.name, sc.retry_max, now_ms());
+            kept(
+                format!("{}, time={secs:.3}s (trial: scanner still down)", f.what),
+                false,
+                Some(t),
+                &mut guard,
+            )
+        }
+        Err(f) => {
+            // No answer: the message's fault only while the scanner
+            // answers others (a probe, or other messages).
+            let probe = sc.probe(&ctx.stop);
+            let n = ctx.health.no_answer(
+                &sc.name,
+                ino,
+                probe.as_ref().map(Result::is_ok),
+                sc.retry_max,
+                now_ms(),
+            );
+            if n.went_down {
+                ctx.log.warn(&format!(
+                    "scanner={}: down: {}{}; mail that needs it stays held, no strikes until it answers",
+                    sc.name,
+                    f.what,
+                    match &probe {
+                        Some(Err(p)) => format!("; probe: {}", p.what),
+                        Some(Ok(())) => "; answers PING, fails every scan".into(),
+                        None => String::new(),
+                    }
+                ));
+                publish_health(ctx);
+            }
+            kept(
+                format!("{}, time={secs:.3}s", f.what),
+                f.strike && n.blame_message,
+                n.next_trial_ms,
+                &mut guard,
+            )
+        }
+    }
+}
+
+/// The scanner answered: up again if it was down (told once).
+fn scanner_answered(ctx: &ScanCtx, name: &str) {
+    if let Some(ms) = ctx.health.answered(name, now_ms()) {
+        ctx.log
+            .log(&format!("scanner={name}: up again after {}s", ms / 1000));
+        publish_health(ctx);
+    }
+}
+
+/// Copies scanner health into the metrics.
+pub fn publish_health(ctx: &ScanCtx) {
+    ctx.shared
+        .lock()
+        .expect("BUG: metrics lock poisoned")
+        .scanner_up = ctx.health.up();
+}
+
+/// A scan with no usable result.
+struct Lost {
+    /// What happened (for the log).
+    what: String,
+    /// It counts as a strike against the message.
+    strike: bool,
+    /// Not before this time (ms): the scanner is down.
+    retry: Option<i64>,
+}
+
+/// Keeps a message whose scan gave no result, with a retry time; or
+/// quarantines it as poison or as stuck.
+#[allow(clippy::too_many_arguments)]
+fn failed(
+    ctx: &ScanCtx,
+    sc: &crate::scan::Scanner,
+    loc: &crate::queue::spool::Location,
+    ino: u64,
+    generation: u64,
+    held: u64,
+    committed_us: i64,
+    limits: &Limits,
+    lost: Lost,
+) -> Step {
+    let now = now_ms();
+    let Some(st) = ctx.board.failed(
+        ino,
+        &loc.id,
+        generation,
+        Failure {
+            strike: lost.strike,
+            backoff: |n| match lost.retry {
+                Some(t) => Duration::from_millis((t - now).max(0) as u64),
+                None => sc.backoff(n),
+            },
+            stuck_after: limits.stuck_after,
+        },
+        now,
+    ) else {
+        return Step::Next;
+    };
+    let poison = st.strikes >= sc.poison_after;
+    // While the scanner is down each message says so once, not at every trial.
+    if lost.retry.is_none() || st.failures == 1 {
+        ctx.log.log(&format!(
+            "{}: scan failed, scanner={}, error={}, failures={}, strikes={}/{}{}",
+            loc.id,
+            sc.name,
+            lost.what,
+            st.failures,
+            st.strikes,
+            sc.poison_after,
+            if poison {
+                String::new()
+            } else {
+                format!(", retry in {}s", (st.retry_ms - now).max(0) / 1000)
+            }
+        ));
+    }
+    let mut d = Decision {
+        loc: loc.clone(),
+        ino,
+        verdict: Verdict::Keep,
+        due: None,
+        reason: if lost.retry.is_some() {
+            Reason::ScannerDown {
+                scanner: sc.name.clone(),
+            }
+        } else {
+            Reason::ScanFailed {
+                scanner: sc.name.clone(),
+            }
+        },
+        held,
+        decided: crate::util::now(),
+        committed_us,
+        requeued_copy: false,
+        arrival: None,
+        retry_at: Some(st.retry_ms.div_euclid(1000) + 1),
+        generation,
+    };
+    // Scans that fail softly for ever (exit 75, a scanner that stays
+    // down): told once, and quarantined if the rules say so.
+    if st.newly_stuck && !poison {
+        ctx.log.warn(&format!(
+            "{}: keep, reason=scan-stuck, scanner={}, failing for over {}s: {}{}",
+            loc.id,
+            sc.name,
+            limits.stuck_after.as_secs(),
+            lost.what,
+            if limits.on_stuck_quarantine {
+                "; quarantined"
+            } else {
+                ""
+            }
+        ));
+        if limits.on_stuck_quarantine {
+            d.verdict = Verdict::Quarantine;
+            d.retry_at = None;
+            d.reason = Reason::Stuck {
+                scanner: sc.name.clone(),
+                error: lost.what.clone(),
+            };
+        }
+    }
+    if poison {
+        d.verdict = Verdict::Quarantine;
+        d.retry_at = None;
+        d.reason = Reason::Poison {
+            scanner: sc.name.clone(),
+            strikes: st.strikes,
+            error: lost.what,
+        };
+    }
+    Step::Decided(Box::new(d))
 }
 
 /// Starts the scan workers of the rules in force and gives the rules their
@@ -254,6 +439,9 @@ pub fn start_scanners(
     threads: &mut Vec<std::thread::JoinHandle<()>>,
 ) -> Vec<Sender<Job>> {
     let mut queues = Vec::new();
+    ctx.health
+        .keep_only(rules.scanners.iter().map(|s| s.name.as_str()));
+    publish_health(ctx);
     for sc in &rules.scanners {
         let (tx, rx) = bounded::<Job>(sc.queue);
         for _ in 0..sc.concurrency {

@@ -267,13 +267,16 @@ fn parse_scanner(name: &str, f: &FileScanner) -> Result<Scanner, String> {
     let retry_max = secs(&f.retry_max, "retry_max", 3600)?.max(retry);
     Ok(Scanner {
         name: name.to_string(),
+        // Longer than the scanner's own limit on one message (spamd's
+        // --timeout-child 300 s, clamd's MaxScanTime 120 s), so that a
+        // busy scanner's work is never abandoned half done.
         timeout: secs(
             &f.timeout,
             "timeout",
-            if matches!(kind, ScannerKind::Command { .. }) {
-                60
-            } else {
-                30
+            match kind {
+                ScannerKind::Command { .. } => 60,
+                ScannerKind::Spamd { .. } => 310,
+                ScannerKind::Clamd { .. } => 130,
             },
         )?,
         connect_timeout: secs(&f.connect_timeout, "connect_timeout", 5)?,

@@ -89,6 +89,11 @@ pub enum Reason {
         /// The scanner.
         scanner: String,
     },
+    /// The scanner answers nobody: kept, without strikes, until it does.
+    ScannerDown {
+        /// The scanner.
+        scanner: String,
+    },
     /// Scans kept failing softly for longer than `stuck_after`, and the
     /// rules quarantine such mail (`on_stuck = "quarantine"`).
     Stuck {
@@ -124,6 +129,7 @@ impl Reason {
             Reason::ScanRetry { .. } => "scan-retry",
             Reason::ScannerBusy { .. } => "scanner-busy",
             Reason::ScanFailed { .. } => "scan-failed",
+            Reason::ScannerDown { .. } => "scanner-down",
             Reason::Poison { .. } => "poison",
             Reason::Stuck { .. } => "scan-stuck",
         })
@@ -171,7 +177,8 @@ impl fmt::Display for Reason {
             }
             Reason::ScanRetry { scanner }
             | Reason::ScannerBusy { scanner }
-            | Reason::ScanFailed { scanner } => write!(f, ", scanner={scanner}"),
+            | Reason::ScanFailed { scanner }
+            | Reason::ScannerDown { scanner } => write!(f, ", scanner={scanner}"),
             Reason::Poison {
                 scanner,
                 strikes,

@@ -21,7 +21,7 @@ pub fn parse_reply(reply: &[u8]) -> Result<Answer, Failure> {
     }
     let text = std::str::from_utf8(line).map_err(|_| garbled())?;
     if text.ends_with(" ERROR") {
-        return Err(Failure::soft(format!("clamd: {}", sanitize(line, 200))));
+        return Err(Failure::answered(format!("clamd: {}", sanitize(line, 200))));
     }
     let rest = text.strip_prefix("stream: ").ok_or_else(garbled)?;
     if rest == "OK" {
@@ -56,7 +56,7 @@ pub fn instream(
                     Ok(0) => break,
                     Ok(k) => n += k,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(Failure::soft(format!("{}: {e}", msg.id))),
+                    Err(e) => return Err(Failure::answered(format!("{}: {e}", msg.id))),
                 }
             }
             buf[..4].copy_from_slice(&(n as u32).to_be_bytes());
@@ -77,7 +77,7 @@ pub fn instream(
         // be on a message clamd never saw whole.
         (Some(f), Ok(r)) => {
             return Err(match parse_reply(&r) {
-                Err(e) if !e.strike => e,
+                Err(e) if e.answered => e,
                 _ => f,
             });
         }
@@ -86,6 +86,18 @@ pub fn instream(
     let outcome = parse_reply(&reply)?;
     conn.expect_eof(b)?;
     Ok(outcome)
+}
+
+/// Asks clamd whether it is there: `zPING`, answered `PONG`.
+pub fn ping(sc: &Scanner, addr: &Address, b: &Budget) -> Result<(), Failure> {
+    let mut conn = connect_to(addr, sc.connect_timeout)?;
+    conn.send(b"zPING\0", b)?;
+    let reply = conn.receive(4096, b, |r| r.contains(&0))?;
+    if reply == b"PONG\0" {
+        Ok(())
+    } else {
+        Err(Failure::soft(format!("no PONG: {}", sanitize(&reply, 120))))
+    }
 }
 
 #[cfg(test)]

@@ -223,7 +223,7 @@ fn pump(
                     match content.read(&mut wbuf) {
                         Ok(n) => break n,
                         Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                        Err(e) => return Err(Failure::soft(format!("{}: {e}", msg.id))),
+                        Err(e) => return Err(Failure::answered(format!("{}: {e}", msg.id))),
                     }
                 };
                 wbuf.truncate(n);

@@ -71,18 +71,24 @@ impl Answer {
 /// A scan that gave no usable answer. The message stays held.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
-    /// A timeout or crash that counts towards the poison limit.
+    /// A timeout or crash that counts towards the poison limit (while the
+    /// scanner answers others: see the daemon's scanner health).
     pub strike: bool,
+    /// The scanner answered (it reported an error itself), or the failure
+    /// was ours (reading the message): it says nothing about whether the
+    /// scanner is up.
+    pub answered: bool,
     /// What happened, for the log (already sanitized).
     pub what: String,
 }
 
 impl Failure {
-    /// A failure that is not the message's fault (scanner down, busy,
+    /// No usable answer, not the message's fault (scanner down or busy,
     /// temporary failure, garbled reply).
     pub fn soft(what: impl Into<String>) -> Failure {
         Failure {
             strike: false,
+            answered: false,
             what: what.into(),
         }
     }
@@ -91,6 +97,18 @@ impl Failure {
     pub fn strike(what: impl Into<String>) -> Failure {
         Failure {
             strike: true,
+            answered: false,
+            what: what.into(),
+        }
+    }
+
+    /// The scanner refused this message with an error of its own (spamd's
+    /// status code, clamd's `ERROR`), or reading the message failed here:
+    /// kept and retried, and the scanner is known to be up.
+    pub fn answered(what: impl Into<String>) -> Failure {
+        Failure {
+            strike: false,
+            answered: true,
             what: what.into(),
         }
     }
@@ -240,6 +258,25 @@ impl Scanner {
     }
 }
 
+/// The longest a health probe may take (after connecting).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Scanner {
+    /// Asks a network scanner whether it answers at all (spamd and clamd
+    /// `PING`); `None` for a command, which has no such question.
+    pub fn probe(&self, stop: &AtomicBool) -> Option<Result<(), Failure>> {
+        let budget = Budget {
+            deadline: Instant::now() + self.timeout.min(PROBE_TIMEOUT),
+            stop,
+        };
+        match &self.kind {
+            ScannerKind::Command { .. } => None,
+            ScannerKind::Spamd { address, .. } => Some(spamd::ping(self, address, &budget)),
+            ScannerKind::Clamd { address, .. } => Some(clamd::ping(self, address, &budget)),
+        }
+    }
+}
+
 /// The time a scan may still take, and the daemon's stop flag.
 pub struct Budget<'a> {
     /// When the scan has timed out.
@@ -265,7 +302,7 @@ impl Budget<'_> {
 
 impl From<Unreadable> for Failure {
     fn from(u: Unreadable) -> Failure {
-        Failure::soft(u.to_string())
+        Failure::answered(u.to_string())
     }
 }
 

@@ -120,18 +120,20 @@ impl Conn {
         };
     }
 
-    /// Writes all of `buf` within the budget. A reset or a timeout while
-    /// sending is a strike: the scanner died or wedged on this message.
+    /// Writes all of `buf` within the budget. A timeout while sending is a
+    /// strike (the scanner wedged on this message); a reset or a close is
+    /// not: a scanner that refuses a message answers before it has read
+    /// it all and closes (the caller then reads that answer).
     pub fn send(&mut self, mut buf: &[u8], b: &Budget) -> Result<(), Failure> {
         while !buf.is_empty() {
             self.set_timeouts(b.slice(STEP, "sending")?)
                 .map_err(|e| Failure::soft(format!("socket: {e}")))?;
             match self.io().write(buf) {
-                Ok(0) => return Err(Failure::strike("connection closed while sending")),
+                Ok(0) => return Err(Failure::soft("connection closed while sending")),
                 Ok(n) => buf = &buf[n..],
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(Failure::strike(format!("sending: {e}"))),
+                Err(e) => return Err(Failure::soft(format!("sending: {e}"))),
             }
         }
         Ok(())

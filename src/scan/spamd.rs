@@ -28,7 +28,7 @@ pub fn parse_reply(reply: &[u8], symbols: bool) -> Result<Answer, Failure> {
             && !line.contains(&b'\n')
             && line.starts_with(b"SPAMD/")
         {
-            return Err(Failure::soft(format!("spamd: {}", sanitize(line, 200))));
+            return Err(Failure::answered(format!("spamd: {}", sanitize(line, 200))));
         }
         return Err(truncated());
     };
@@ -42,7 +42,7 @@ pub fn parse_reply(reply: &[u8], symbols: bool) -> Result<Answer, Failure> {
         return Err(garbled("not a spamd reply"));
     }
     if code != "0" {
-        return Err(Failure::soft(format!(
+        return Err(Failure::answered(format!(
             "spamd: {}",
             sanitize(status.as_bytes(), 200)
         )));
@@ -131,23 +131,56 @@ pub fn check(
         head.push_str(&format!("User: {u}\r\n"));
     }
     head.push_str("\r\n");
-    conn.send(head.as_bytes(), b)?;
-    msg.with_content(|content| {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match content.read(&mut buf) {
-                Ok(0) => return Ok(()),
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Failure::soft(format!("{}: {e}", msg.id))),
-            };
-            conn.send(&buf[..n], b)?;
-        }
-    })?;
+    let sent = match conn.send(head.as_bytes(), b) {
+        Err(f) => Some(f),
+        Ok(()) => msg.with_content(|content| {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match content.read(&mut buf) {
+                    Ok(0) => return Ok(None),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(Failure::answered(format!("{}: {e}", msg.id))),
+                };
+                if let Err(f) = conn.send(&buf[..n], b) {
+                    return Ok(Some(f));
+                }
+            }
+        })?,
+    };
     conn.shutdown_write();
     // Read to EOF: spamd closes after its reply, so anything extra shows.
-    let reply = conn.receive(64 * 1024, b, |_| false)?;
-    parse_reply(&reply, symbols)
+    let reply = conn.receive(64 * 1024, b, |_| false);
+    match (sent, reply) {
+        (None, r) => parse_reply(&r?, symbols),
+        // spamd stopped reading (a bad header, a size limit) and said why;
+        // a verdict would be on a message it never saw whole.
+        (Some(f), Ok(r)) => Err(match parse_reply(&r, symbols) {
+            Err(e) if e.answered => e,
+            _ => f,
+        }),
+        (Some(f), Err(_)) => Err(f),
+    }
+}
+
+/// Asks spamd whether it is there: `PING`, answered `SPAMD/1.5 0 PONG`.
+pub fn ping(sc: &Scanner, addr: &Address, b: &Budget) -> Result<(), Failure> {
+    let mut conn = connect_to(addr, sc.connect_timeout)?;
+    conn.send(b"PING SPAMC/1.5\r\n\r\n", b)?;
+    conn.shutdown_write();
+    let reply = conn.receive(4096, b, |_| false)?;
+    let pong = reply
+        .strip_suffix(b"\r\n")
+        .and_then(|l| std::str::from_utf8(l).ok())
+        .is_some_and(|l| {
+            let w: Vec<&str> = l.split(' ').collect();
+            matches!(w[..], [p, "0", "PONG"] if p.starts_with("SPAMD/1."))
+        });
+    if pong {
+        Ok(())
+    } else {
+        Err(Failure::soft(format!("no PONG: {}", sanitize(&reply, 120))))
+    }
 }
 
 #[cfg(test)]
