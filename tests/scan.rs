@@ -211,6 +211,16 @@ fn tokens_in(pf: &Instance, queue: &str) -> BTreeSet<String> {
 }
 
 /// Subject tokens of delivered messages.
+/// The delivered message with this token.
+fn delivered_text(pf: &Instance, token: &str) -> String {
+    std::fs::read_dir(pf.dir.path().join("deliver"))
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .find(|t| t.contains(&format!("Subject: HOLD token {token}\n")))
+        .expect("delivered")
+}
+
 fn delivered_tokens(pf: &Instance) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for e in std::fs::read_dir(pf.dir.path().join("deliver"))
@@ -1202,4 +1212,132 @@ action = "release"
     let (_, log) = daemon.term();
     assert!(log.contains("quarantine, reason=rule, rule=spam"), "{log}");
     assert!(log.contains("scanner=spamd, spam"), "{log}");
+}
+
+/// Command scanners get no rights over the queue: with the daemon dropped
+/// to mail_owner, and with `posthold scan` run by root, a scanner without
+/// `user` runs as nobody (the launcher starts it), and what it tries to
+/// write into the queue fails. Rules that would run one as root or as
+/// mail_owner are refused.
+#[test]
+fn command_scanners_run_as_nobody_not_as_root_or_mail_owner() {
+    require_postfix();
+    let pf = Instance::start(false);
+    let d = pf.dir.path().join("scanners");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let ds = d.to_str().unwrap();
+    let q = pf.queue();
+    let qs = q.to_str().unwrap();
+    let spy = script(
+        &d,
+        "spy",
+        &format!(
+            "id=$1\n\
+             id -u >{ds}/uid.$id.$$; id -g >{ds}/gid.$id.$$\n\
+             touch {qs}/hold/posthold-pwned 2>/dev/null && echo created >>{ds}/wrote\n\
+             ( echo X >>{qs}/hold/$id ) 2>/dev/null && echo appended >>{ds}/wrote\n\
+             ( echo X >>{qs}/active/$id ) 2>/dev/null && echo appended >>{ds}/wrote\n\
+             cat >/dev/null; exit 0"
+        ),
+    );
+    let rules = pf.dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        format!(
+            "[scanner.spy]\ntype = \"command\"\nargv = [\"{spy}\", \"{{queue_id}}\"]\n\
+             [[rule]]\nscan = \"spy\"\nexit = [1]\naction = \"quarantine\"\n\
+             [[rule]]\naction = \"release\"\n"
+        ),
+    )
+    .unwrap();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let owner = nix::unistd::User::from_name("postfix").unwrap().unwrap();
+    let uids = |id: &str| -> Vec<u32> {
+        std::fs::read_dir(&d)
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("uid.{id}."))
+            })
+            .map(|e| {
+                std::fs::read_to_string(e.path())
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap()
+            })
+            .collect()
+    };
+    pf.send(
+        "alice@posthold.test",
+        &["bob@posthold.test"],
+        &message("spied", "hello"),
+    );
+    let id = pf.wait_held(1)[0].clone();
+    // posthold scan, run by root.
+    let out = run(pf.posthold("scan").arg("--rules").arg(&rules).arg(&id));
+    expect_exit(&out, 0);
+    assert_eq!(uids(&id), [nobody.uid.as_raw()]);
+    // The daemon, dropped to mail_owner: the launcher starts it as nobody.
+    let daemon = Daemon::start(&pf, &["--rules", rules.to_str().unwrap()]);
+    wait_until(
+        Instant::now() + Duration::from_secs(30),
+        "released after the scan",
+        || delivered_tokens(&pf) == set(&["spied"]),
+    );
+    let (_, log) = daemon.term();
+    let seen = uids(&id);
+    assert_eq!(seen.len(), 2, "{log}");
+    for uid in seen {
+        assert_eq!(uid, nobody.uid.as_raw(), "{log}");
+        assert_ne!(uid, 0);
+        assert_ne!(uid, owner.uid.as_raw());
+    }
+    assert!(
+        !d.join("wrote").exists(),
+        "the scanner wrote into the queue: {}",
+        std::fs::read_to_string(d.join("wrote")).unwrap_or_default()
+    );
+    assert!(!q.join("hold/posthold-pwned").exists());
+    // Delivered as it was held (the scanner's append failed).
+    let delivered = delivered_text(&pf, "spied");
+    assert!(!delivered.contains("\nX\n"), "{delivered}");
+    // A scanner that would run as root or as mail_owner is refused.
+    for user in ["root", "postfix"] {
+        let bad = pf.dir.path().join(format!("bad-{user}.toml"));
+        std::fs::write(
+            &bad,
+            format!(
+                "[scanner.spy]\ntype = \"command\"\nargv = [\"{spy}\"]\nuser = \"{user}\"\n\
+                 [[rule]]\nscan = \"spy\"\nexit = [1]\naction = \"quarantine\"\n"
+            ),
+        )
+        .unwrap();
+        let out = run(pf.posthold("scan").arg("--rules").arg(&bad).arg("ALL"));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_ne!(out.status.code(), Some(0), "{err}");
+        assert!(err.contains("rights over the queue"), "{err}");
+        let out = run(pf
+            .posthold("watch")
+            .arg("--rules")
+            .arg(&bad)
+            .arg("--scan-interval")
+            .arg("5s"));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_ne!(out.status.code(), Some(0), "{err}");
+        assert!(err.contains("rights over the queue"), "{err}");
+        // check-config says so too (with -c, which names mail_owner).
+        let out = run(pf.posthold("check-config").arg(&bad));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        expect_exit(&out, 1);
+        let want = if user == "root" {
+            "is root"
+        } else {
+            "is mail_owner"
+        };
+        assert!(text.contains(want), "{text}");
+    }
 }

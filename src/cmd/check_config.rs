@@ -91,9 +91,17 @@ pub fn lint(r: &Rules) -> Vec<String> {
         }
     }
     for sc in &r.scanners {
-        let ScannerKind::Command { argv, .. } = &sc.kind else {
+        let ScannerKind::Command { argv, user, .. } = &sc.kind else {
             continue;
         };
+        // S14: never root (mail_owner is checked against Postfix's
+        // configuration with -c, and by scan and watch).
+        if let Some((name, 0, _)) = user {
+            out.push(format!(
+                "scanner {}: user {name} is root: a scanner gets no rights over the queue; name an unprivileged user",
+                sc.name
+            ));
+        }
         let program = argv[0].rsplit('/').next().unwrap_or_default();
         let has = |flags: &[&str]| argv[1..].iter().any(|a| flags.contains(&a.as_str()));
         if program == "spamc" && !has(&["-x", "--no-safe-fallback"]) {
@@ -297,6 +305,20 @@ pub fn audit_postfix(config_dir: Option<&Path>, rules: &Rules) -> Result<Vec<Str
     }
     // qmgr and pickup, as UNIX sockets or FIFOs (posthold wakes both).
     let cfg = Config::load(config_dir, None)?;
+    // S14: no command scanner as mail_owner, who may rewrite the queue.
+    for sc in &rules.scanners {
+        if let ScannerKind::Command {
+            user: Some((name, _, _)),
+            ..
+        } = &sc.kind
+            && *name == cfg.mail_owner
+        {
+            out.push(format!(
+                "scanner {}: user {name} is mail_owner: it could rewrite every queue file; name an unprivileged user (or drop user: nobody is the default)",
+                sc.name
+            ));
+        }
+    }
     let services = postconf(config_dir, &["-M"])?;
     for (svc, what) in [
         (&cfg.queue_service_name, "qmgr"),

@@ -478,6 +478,13 @@ fn check_config_cmd(a: &CheckConfigArgs, out: &mut dyn Write) -> Result<i32, Fat
 fn scan_cmd(a: &ScanArgs, out: &mut dyn Write) -> Result<i32, Fatal> {
     let rules = crate::rules::Rules::load(Some(&a.rules))?;
     let spool = Spool::open(a.common.load()?)?;
+    // As the daemon: command scanners never run as root or mail_owner.
+    crate::daemon::scanners::check_scanner_users(
+        &rules,
+        crate::daemon::scanners::RunsAs::Caller,
+        spool.owner.0,
+        &[],
+    )?;
     let opts = scan::ScanOpts {
         scanner: a.scanner.clone(),
         jobs: a.jobs.map(usize::from),

@@ -55,6 +55,8 @@ pub struct Events {
     pub scan_threads: Vec<JoinHandle<()>>,
     /// The rules file.
     pub rules_path: Option<PathBuf>,
+    /// The users the launcher may start command scanners as.
+    pub launcher_users: Vec<(u32, u32)>,
     /// Whom the daemon runs as.
     pub runs_as: RunsAs,
     /// How often to forget mail that left hold.
@@ -217,8 +219,9 @@ impl Events {
     /// and results of the old rules are dropped as they come), a rescan.
     fn reload(&mut self) {
         let owner = self.actor.spool.owner.0;
-        let loaded = Rules::load(self.rules_path.as_deref())
-            .and_then(|r| check_scanner_users(&r, self.runs_as, owner).map(|()| r));
+        let loaded = Rules::load(self.rules_path.as_deref()).and_then(|r| {
+            check_scanner_users(&r, self.runs_as, owner, &self.launcher_users).map(|()| r)
+        });
         let r = match loaded {
             Ok(r) => r,
             Err(e) => {

@@ -84,8 +84,14 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
     // One daemon per queue: kept locked until run() returns.
     let _pid = spool.daemon_lock()?;
     let runs_as = RunsAs::asked(opts.drop_privileges);
-    scanners::check_scanner_users(&rules, runs_as, spool.owner.0)?;
-    let (stop, hup) = start(&spool, runs_as, &log)?;
+    // Fixed now: a reload cannot add users (the launcher keeps root for
+    // these alone).
+    let launcher_users = match runs_as {
+        RunsAs::MailOwner => scanners::scanner_users(&rules),
+        RunsAs::Caller => Vec::new(),
+    };
+    scanners::check_scanner_users(&rules, runs_as, spool.owner.0, &launcher_users)?;
+    let (stop, hup) = start(&spool, runs_as, &launcher_users, &log)?;
     log.log(&format!(
         "starting: queue {}, {} rules, scan every {}s",
         cfg.queue_directory.display(),
@@ -152,6 +158,7 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
         scan_ctx,
         scan_threads,
         rules_path: opts.rules.clone(),
+        launcher_users,
         runs_as,
         gc_interval: opts.scan_interval,
     };
@@ -180,8 +187,15 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
 fn start(
     spool: &Spool,
     runs_as: RunsAs,
+    launcher_users: &[(u32, u32)],
     log: &Logger,
 ) -> Result<(Arc<AtomicBool>, Arc<AtomicBool>), Fatal> {
+    // Before any thread and before the drop: the launcher keeps root to
+    // start command scanners as their unprivileged users.
+    if runs_as == RunsAs::MailOwner && !launcher_users.is_empty() {
+        crate::scan::launcher::start(launcher_users.to_vec())
+            .map_err(|e| Fatal::config(format!("scanner launcher: {e}")))?;
+    }
     let (stop, hup) = (flag(), flag());
     signals(&stop, &hup)?;
     if let Err(e) = crate::queue::act::ensure_quarantine(spool) {

@@ -474,22 +474,65 @@ impl RunsAs {
     }
 }
 
-/// A command scanner's `user` needs root: refuse a rules file that asks
-/// for it when the daemon will run as mail_owner.
-pub fn check_scanner_users(rules: &Rules, runs_as: RunsAs, owner: u32) -> Result<(), Fatal> {
+/// Command scanners run as an unprivileged user, never with rights over
+/// the queue: refuse a rules file whose command scanner would run as root
+/// or as mail_owner (`owner`), or as a user this process cannot start it
+/// as (not root, and not the launcher's: see [`crate::scan::launcher`]).
+pub fn check_scanner_users(
+    rules: &Rules,
+    runs_as: RunsAs,
+    owner: u32,
+    launcher_users: &[(u32, u32)],
+) -> Result<(), Fatal> {
+    let euid = nix::unistd::geteuid().as_raw();
     for sc in &rules.scanners {
-        if let crate::scan::ScannerKind::Command {
-            user: Some((name, uid, _)),
+        let crate::scan::ScannerKind::Command {
+            user: Some((name, uid, gid)),
             ..
         } = &sc.kind
-            && *uid != owner
-            && (runs_as == RunsAs::MailOwner || !nix::unistd::geteuid().is_root())
-        {
-            return Err(Fatal::config(format!(
-                "scanner {}: user {name} needs the daemon to run as root (--no-drop-privileges)",
+        else {
+            continue;
+        };
+        let refuse = |why: String| {
+            Err(Fatal::config(format!(
+                "scanner {}: user {name}: {why}",
                 sc.name
-            )));
+            )))
+        };
+        // S14: never root, never mail_owner.
+        if *uid == 0 || *uid == owner {
+            return refuse(format!(
+                "uid {uid} has rights over the queue; name an unprivileged user (user = \"nobody\")"
+            ));
+        }
+        let can = match runs_as {
+            RunsAs::MailOwner => launcher_users.contains(&(*uid, *gid)),
+            RunsAs::Caller => euid == 0 || euid == *uid,
+        };
+        if !can {
+            return refuse(match runs_as {
+                RunsAs::MailOwner => "a user the daemon did not start with: restart it (a reload cannot add scanner users)".into(),
+                RunsAs::Caller => format!("posthold runs as uid {euid}: run it as root"),
+            });
         }
     }
     Ok(())
+}
+
+/// The users the command scanners of `rules` run as.
+pub fn scanner_users(rules: &Rules) -> Vec<(u32, u32)> {
+    let mut v: Vec<(u32, u32)> = rules
+        .scanners
+        .iter()
+        .filter_map(|sc| match &sc.kind {
+            crate::scan::ScannerKind::Command {
+                user: Some((_, uid, gid)),
+                ..
+            } => Some((*uid, *gid)),
+            _ => None,
+        })
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
 }

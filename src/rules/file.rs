@@ -24,6 +24,7 @@ struct FileSettings {
     on_stuck: Option<String>,
     on_bad_date: Option<String>,
     requeue_after: Option<String>,
+    scanner_user: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,13 +179,7 @@ fn parse_scanner(name: &str, f: &FileScanner) -> Result<Scanner, String> {
             }
             let user = match &f.user {
                 None => None,
-                Some(u) => {
-                    let pw = nix::unistd::User::from_name(u)
-                        .ok()
-                        .flatten()
-                        .ok_or(ctx("user", &format!("no such user {u:?}")))?;
-                    Some((u.clone(), pw.uid.as_raw(), pw.gid.as_raw()))
-                }
+                Some(u) => Some(lookup_user(u).map_err(|e| ctx("user", &e))?),
             };
             let env: Vec<(String, String)> =
                 f.env.clone().unwrap_or_default().into_iter().collect();
@@ -289,6 +284,15 @@ fn parse_scanner(name: &str, f: &FileScanner) -> Result<Scanner, String> {
         retry,
         retry_max,
     })
+}
+
+/// A user by name: (name, uid, gid of its primary group).
+fn lookup_user(name: &str) -> Result<(String, u32, u32), String> {
+    let pw = nix::unistd::User::from_name(name)
+        .ok()
+        .flatten()
+        .ok_or(format!("no such user {name:?}"))?;
+    Ok((name.to_string(), pw.uid.as_raw(), pw.gid.as_raw()))
 }
 
 /// A rule's scan condition, checked against its scanner's type. Exit
@@ -499,6 +503,16 @@ impl Rules {
             "quarantine" => Verdict::Quarantine,
             o => return Err(format!("settings: on_stuck: {o:?} (keep, quarantine)")),
         };
+        // Command scanners run as an unprivileged user: their own `user`,
+        // or the settings' `scanner_user` (default nobody).
+        let default_user = f.settings.scanner_user.as_deref().unwrap_or("nobody");
+        for sc in &mut scanners {
+            if let ScannerKind::Command { user: u @ None, .. } = &mut sc.kind {
+                *u = Some(lookup_user(default_user).map_err(|e| {
+                    format!("settings: scanner_user (for scanner {}): {e}", sc.name)
+                })?);
+            }
+        }
         Ok(Rules {
             rules,
             horizon,

@@ -103,12 +103,6 @@ fn drain(r: &mut dyn Read, out: &mut Output, buf: &mut [u8]) -> bool {
     }
 }
 
-/// Kills the scanner's process group and reaps the scanner.
-fn kill(child: &mut Child) {
-    let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-    let _ = child.wait();
-}
-
 /// Whether the child has exited, without reaping it (so that its process
 /// group ID stays reserved until the group is killed).
 fn exited(child: &Child) -> bool {
@@ -117,6 +111,75 @@ fn exited(child: &Child) -> bool {
         WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
     )
     .is_ok_and(|s| s.pid().is_some())
+}
+
+/// A running command: our child, or the launcher's.
+enum Proc {
+    /// Started here (same user, or root switching to the scanner's).
+    Local(Child),
+    /// Started by the launcher as the scanner's user.
+    Remote(super::launcher::Remote),
+}
+
+impl Proc {
+    /// Whether it has exited, without reaping it (so that its process
+    /// group ID stays reserved until the group is killed).
+    fn exited(&mut self) -> bool {
+        match self {
+            Proc::Local(c) => exited(c),
+            Proc::Remote(r) => r.exited(),
+        }
+    }
+
+    /// Kills its process group.
+    fn kill_group(&mut self) {
+        match self {
+            Proc::Local(c) => {
+                let _ = killpg(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
+            }
+            Proc::Remote(r) => r.kill_group(),
+        }
+    }
+
+    /// Kills what is left of its group and reaps it.
+    fn finish(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.kill_group();
+        match self {
+            Proc::Local(c) => c.wait(),
+            Proc::Remote(r) => r.finish(),
+        }
+    }
+}
+
+/// Whom a command scanner runs as, and how it gets started.
+enum Start {
+    /// As we are: we are its user already.
+    AsWeAre,
+    /// We are root: switch to its user in the child.
+    Switch(u32, u32),
+    /// Through the launcher (we gave up root).
+    Launcher(&'static super::launcher::Launcher, u32, u32),
+}
+
+/// How to start a command scanner as `user`; an error when this process
+/// cannot (not root, no launcher).
+fn start_as(user: &Option<(String, u32, u32)>) -> Result<Start, Failure> {
+    let euid = nix::unistd::geteuid().as_raw();
+    let Some((name, uid, gid)) = user else {
+        return Ok(Start::AsWeAre);
+    };
+    if *uid == euid {
+        Ok(Start::AsWeAre)
+    } else if euid == 0 {
+        Ok(Start::Switch(*uid, *gid))
+    } else if let Some(l) = super::launcher::get() {
+        Ok(Start::Launcher(l, *uid, *gid))
+    } else {
+        Err(Failure::answered(format!(
+            "cannot run as {}: posthold runs as uid {euid}, not root",
+            sanitize(name.as_bytes(), 64)
+        )))
+    }
 }
 
 /// Runs the command on one message.
@@ -135,33 +198,67 @@ pub fn run(sc: &Scanner, msg: &Message, b: &Budget) -> Result<Answer, Failure> {
     let Some((prog, rest)) = args.split_first() else {
         return Err(Failure::soft("empty argv"));
     };
-    let mut cmd = Command::new(prog);
-    cmd.args(rest)
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("POSTHOLD_QUEUE_ID", &msg.id)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .current_dir("/")
-        .process_group(0);
-    if let Some((_, uid, gid)) = user {
-        // std drops supplementary groups when root changes uid.
-        cmd.uid(*uid).gid(*gid);
-    }
-    let mut child = cmd.spawn().map_err(|e| {
+    let cannot = |e: std::io::Error| {
         Failure::soft(format!(
             "cannot run {}: {e}",
             sanitize(prog.as_bytes(), 120)
         ))
-    })?;
-    let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
-    let result = pump(&mut child, stdin, stdout, stderr, msg, *output_cap, b);
+    };
+    let mut vars = vec![
+        (
+            "PATH".to_string(),
+            "/usr/local/bin:/usr/bin:/bin".to_string(),
+        ),
+        ("POSTHOLD_QUEUE_ID".to_string(), msg.id.clone()),
+    ];
+    vars.extend(env.iter().cloned());
+    let (mut proc, stdin, stdout, stderr) = match start_as(user)? {
+        Start::Launcher(l, uid, gid) => {
+            let pipe =
+                || nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from);
+            let ((in_r, in_w), (out_r, out_w), (err_r, err_w)) = (
+                pipe().map_err(cannot)?,
+                pipe().map_err(cannot)?,
+                pipe().map_err(cannot)?,
+            );
+            let req = super::launcher::Request {
+                uid,
+                gid,
+                argv: &args,
+                env: &vars,
+            };
+            let r = l.spawn(&req, [in_r, out_w, err_w]).map_err(cannot)?;
+            (
+                Proc::Remote(r),
+                Some(ChildStdin::from(in_w)),
+                Some(ChildStdout::from(out_r)),
+                Some(ChildStderr::from(err_r)),
+            )
+        }
+        how => {
+            let mut cmd = Command::new(prog);
+            cmd.args(rest)
+                .env_clear()
+                .envs(vars.iter().map(|(k, v)| (k, v)))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .current_dir("/")
+                .process_group(0);
+            if let Start::Switch(uid, gid) = how {
+                // std drops supplementary groups when root changes uid.
+                cmd.uid(uid).gid(gid);
+            }
+            let mut child = cmd.spawn().map_err(cannot)?;
+            let (i, o, e) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+            (Proc::Local(child), i, o, e)
+        }
+    };
+    let result = pump(&mut proc, stdin, stdout, stderr, msg, *output_cap, b);
     let (status, out) = match result {
         Ok(r) => r,
         Err(f) => {
-            kill(&mut child);
+            let _ = proc.finish();
             return Err(f);
         }
     };
@@ -184,7 +281,7 @@ type Pumped = (std::process::ExitStatus, Output);
 /// Feeds stdin and drains stdout and stderr until the scanner exits and
 /// its output ends, or the budget runs out (then the caller kills it).
 fn pump(
-    child: &mut Child,
+    child: &mut Proc,
     mut stdin: Option<ChildStdin>,
     mut stdout: Option<ChildStdout>,
     mut stderr: Option<ChildStderr>,
@@ -232,25 +329,24 @@ fn pump(
             if content_done && wpos == wbuf.len() {
                 stdin = None; // EOF for the scanner
             }
-            if stdout.is_none() && stderr.is_none() && (child_done || exited(child)) {
+            if stdout.is_none() && stderr.is_none() && (child_done || child.exited()) {
                 // Kill what is left of its group before reaping it, so the
                 // group ID cannot have been reused.
-                let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-                let st = child.wait().map_err(sockerr)?;
+                let st = child.finish().map_err(sockerr)?;
                 return Ok((st, out));
             }
-            if !child_done && exited(child) {
+            if !child_done && child.exited() {
                 // Its output may still be open in a grandchild: kill the
                 // group so that the pipes close.
                 child_done = true;
-                let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+                child.kill_group();
             }
             let wait = match b.slice(Duration::from_millis(100), "(scanner still running)") {
                 Ok(w) => w,
                 // The scanner exited but something outside its process
                 // group keeps its output open: its exit status stands.
                 Err(f) if child_done && f.strike => {
-                    let st = child.wait().map_err(sockerr)?;
+                    let st = child.finish().map_err(sockerr)?;
                     return Ok((st, out));
                 }
                 Err(f) => return Err(f),

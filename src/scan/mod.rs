@@ -16,6 +16,7 @@
 
 pub mod clamd;
 pub mod command;
+pub mod launcher;
 pub mod net;
 pub mod spamd;
 
