@@ -10,6 +10,8 @@
 //! * `fixtures`: posthold against the reference outputs captured from a real
 //!   Postfix 3.7 (`fixtures/`), and against live `postcat` on the same files
 //!   with many option combinations;
+//! * `metrics`: the daemon's metrics against `promtool check metrics` and a
+//!   real Prometheus scraping it (a `histogram_quantile` query answers);
 //! * `postfix`: a private Postfix instance started by the harness
 //!   (`common::Instance`); held mail listed and shown by posthold and by
 //!   Postfix's own tools in the same run; released mail delivered unchanged;
@@ -39,6 +41,7 @@ mod cat_differential;
 mod crash;
 mod decisions;
 mod fixtures;
+mod metrics;
 mod model;
 mod mover;
 mod postfix;

@@ -16,6 +16,7 @@ use crate::read::{cat, list};
 
 pub mod check;
 pub mod check_config;
+pub mod generate;
 pub mod moves;
 pub mod scan;
 pub mod status;
@@ -81,6 +82,19 @@ enum Command {
     /// Run the rules file's content scanners on messages; print what they
     /// say and what the daemon would do (nothing is moved).
     Scan(ScanArgs),
+    /// Write man pages or shell completions (for packaging).
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+struct GenerateArgs {
+    /// What to write: man (pages for sections 5 and 8) or completions
+    /// (bash, zsh, fish).
+    #[arg(value_parser = ["man", "completions"])]
+    what: String,
+    /// Directory to write into (created if missing).
+    dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -322,6 +336,10 @@ pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32
             .and_then(|addr| status::run(addr, &mut out)),
         Command::CheckConfig(a) => check_config_cmd(&a, &mut out),
         Command::Check(a) => check_cmd(&a, &mut out),
+        Command::Generate(a) => match a.what.as_str() {
+            "man" => generate::man(&a.dir, &mut out),
+            _ => generate::completions(&a.dir, &mut out),
+        },
     };
     let flushed = out.flush();
     match result {

@@ -23,7 +23,18 @@ pub fn run(addr: SocketAddr, out: &mut dyn Write) -> Result<i32, Fatal> {
         Err(_) => next,
     };
     let w = |e: std::io::Error| Fatal::runtime(format!("write error: {e}"));
-    writeln!(out, "hold depth:  {}", get("posthold_hold_depth")).map_err(w)?;
+    writeln!(
+        out,
+        "hold depth:  {}",
+        get("posthold_queue_messages{queue=\"hold\"}")
+    )
+    .map_err(w)?;
+    writeln!(
+        out,
+        "quarantine:  {}",
+        get("posthold_queue_messages{queue=\"quarantine\"}")
+    )
+    .map_err(w)?;
     writeln!(out, "scheduled:   {}", get("posthold_scheduled")).map_err(w)?;
     writeln!(out, "next due:    {next}").map_err(w)?;
     writeln!(out, "bad dates:   {}", get("posthold_bad_dates")).map_err(w)?;

@@ -1,26 +1,65 @@
 //! Prometheus metrics for `posthold watch`, served on a loopback address,
 //! and what `posthold status` reads back.
 //!
-//! Gauges that describe the spool (hold depth, held-age histogram) are
-//! computed from the spool at scrape time, so they are true even for mail
-//! that Postfix or an administrator moved meanwhile; the daemon's own state
-//! (scheduled releases, next due time, actions, errors) is shared with the
-//! scheduler.
+//! The exposition is `prometheus-client`'s: counters end in `_total`,
+//! latencies are histograms (buckets add up across a fleet, `_count` is a
+//! total since start), and the names follow postfix_exporter where they
+//! describe the same thing (a `queue` label on queue sizes and ages).
+//! Gauges that describe the spool (messages and their ages in hold and in
+//! the quarantine) are computed from the spool at scrape time, so they are
+//! true even for mail that Postfix or an administrator moved meanwhile; the
+//! daemon's own state (scheduled releases, actions, scanner health) is
+//! shared with the scheduler and the workers. Decisions about mail that
+//! was already held when the daemon started (the start-up scan) are kept
+//! out of the decision-latency histogram.
+//!
+//! The HTTP side is ours, small and bounded: at most [`MAX_CLIENTS`]
+//! connections at once, each with [`REQUEST_TIME`] for the whole request
+//! and [`REQUEST_BYTES`] for its head; only `GET /metrics`.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
 
 use crate::config::Config;
 use crate::error::Fatal;
+use crate::queue::spool::QUARANTINE;
 use crate::queue::walk::{Descend, walk};
 
+/// Label pairs.
+type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Buckets (seconds) of the decision-latency and release-lateness
+/// histograms: 1 ms to about 4 minutes.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.001, 4.0, 10)
+}
+
+/// Buckets (seconds) of the scan-duration histogram: 10 ms to about 11 min.
+fn scan_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.01, 3.0, 11)
+}
+
 /// Daemon state shared with the metrics endpoint.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Shared {
     /// Scheduled releases waiting for their due time.
     pub scheduled: usize,
@@ -48,49 +87,82 @@ pub struct Shared {
     /// Scans by (scanner, result): `done`, `failed` (no strike), `strike`
     /// (timeout or crash).
     pub scans: BTreeMap<(String, String), u64>,
-    /// Commit-to-decision latencies in microseconds (file ctime to the
-    /// scheduler's decision), the most recent ones.
-    pub decision_latency_us: std::collections::VecDeque<u64>,
-    /// Due-to-release lateness in microseconds of scheduled releases.
-    pub release_lateness_us: std::collections::VecDeque<u64>,
+    /// When the daemon started (µs): files committed before then are the
+    /// start-up scan's, not counted in the decision latency.
+    pub started_us: i64,
+    /// Commit-to-decision latency (file ctime to the scheduler's decision).
+    pub decision_latency: Histogram,
+    /// Observations in `decision_latency`.
+    pub decisions_timed: u64,
+    /// Due-to-release lateness of scheduled releases.
+    pub release_lateness: Histogram,
+    /// Scan durations, by scanner.
+    pub scan_duration: Family<Labels, Histogram>,
 }
 
-fn push_bounded(q: &mut std::collections::VecDeque<u64>, v: u64) {
-    if q.len() == LATENCY_SAMPLES {
-        q.pop_front();
+impl Default for Shared {
+    fn default() -> Shared {
+        Shared {
+            scheduled: 0,
+            next_due: None,
+            bad_dates: 0,
+            refused: 0,
+            damaged: 0,
+            no_rule: 0,
+            stuck: 0,
+            scanner_up: BTreeMap::new(),
+            actions: BTreeMap::new(),
+            errors: 0,
+            scans: BTreeMap::new(),
+            started_us: crate::util::now_ms() * 1000,
+            decision_latency: Histogram::new(latency_buckets()),
+            decisions_timed: 0,
+            release_lateness: Histogram::new(latency_buckets()),
+            scan_duration: Family::new_with_constructor(|| Histogram::new(scan_buckets())),
+        }
     }
-    q.push_back(v);
 }
-
-fn quantile(q: &std::collections::VecDeque<u64>, p: f64) -> Option<f64> {
-    if q.is_empty() {
-        return None;
-    }
-    let mut v: Vec<u64> = q.iter().copied().collect();
-    v.sort_unstable();
-    Some(v[((v.len() as f64 - 1.0) * p).round() as usize] as f64 / 1e6)
-}
-
-/// How many latency samples are kept for the quantiles.
-pub const LATENCY_SAMPLES: usize = 10_000;
 
 impl Shared {
-    /// Records one commit-to-decision latency.
-    pub fn record_latency(&mut self, us: u64) {
-        push_bounded(&mut self.decision_latency_us, us);
+    /// Records the first decision on a file committed at `committed_us`
+    /// (unless it was there before the daemon started).
+    pub fn record_decision(&mut self, committed_us: i64, now_ms: i64) {
+        if committed_us >= self.started_us {
+            let us = (now_ms * 1000 - committed_us).max(0);
+            self.decision_latency.observe(us as f64 / 1e6);
+            self.decisions_timed += 1;
+        }
     }
 
     /// Records how late a scheduled release was done after its due time.
     pub fn record_lateness(&mut self, us: u64) {
-        push_bounded(&mut self.release_lateness_us, us);
+        self.release_lateness.observe(us as f64 / 1e6);
+    }
+
+    /// Records one scan's duration.
+    pub fn record_scan(&mut self, scanner: &str, secs: f64) {
+        self.scan_duration
+            .get_or_create(&labels(&[("scanner", scanner)]))
+            .observe(secs);
     }
 }
 
-/// Upper bounds (seconds) of the held-age histogram buckets.
-pub const AGE_BUCKETS: &[u64] = &[60, 600, 3600, 6 * 3600, 86400, 3 * 86400, 7 * 86400];
+/// Upper bounds (seconds) of the queue-age histogram buckets.
+pub const AGE_BUCKETS: &[u64] = &[
+    60,
+    600,
+    3600,
+    6 * 3600,
+    86400,
+    3 * 86400,
+    7 * 86400,
+    30 * 86400,
+];
 
-fn hold_ages(cfg: &Config, now: i64) -> Vec<u64> {
-    walk(cfg, "hold", Descend::HashDirs)
+/// Ages (seconds since the last status change) of the committed messages
+/// in a queue.
+fn queue_ages(cfg: &Config, queue: &str, now: i64) -> Vec<u64> {
+    walk(cfg, queue, Descend::HashDirs)
         .flatten()
         .filter(|f| f.file_type.is_file())
         .filter_map(|f| std::fs::symlink_metadata(&f.path).ok())
@@ -99,117 +171,246 @@ fn hold_ages(cfg: &Config, now: i64) -> Vec<u64> {
         .collect()
 }
 
-/// The longest a walk of the hold queue is reused: a scrape must not cost a
+/// The longest a walk of the queues is reused: a scrape must not cost a
 /// stat of every held message each time. A walk is reused for 20 times
 /// what it cost, at most this long, so small queues are always fresh.
 pub const SPOOL_CACHE: Duration = Duration::from_secs(15);
 
-/// The last walk: when, the clock then, the ages, and what it cost.
-type AgeCache = Option<(std::time::Instant, i64, Vec<u64>, Duration)>;
+/// The last walk: when, the clock then, the ages by queue, and its cost.
+type AgeCache = Option<(Instant, i64, Vec<(&'static str, Vec<u64>)>, Duration)>;
 
-thread_local! {
-    static AGES: std::cell::RefCell<AgeCache> = const { std::cell::RefCell::new(None) };
-}
+static AGES: Mutex<AgeCache> = Mutex::new(None);
 
-/// Appends a summary metric (p50, p99, count) of microsecond samples.
-fn summary(s: &mut String, name: &str, help: &str, samples: &std::collections::VecDeque<u64>) {
-    s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} summary\n"));
-    for q in [0.5, 0.99] {
-        if let Some(v) = quantile(samples, q) {
-            s.push_str(&format!("{name}{{quantile=\"{q}\"}} {v:.6}\n"));
+/// Ages in hold and in the quarantine, from a fresh or a recent walk.
+fn ages(cfg: &Config, now: i64) -> Vec<(&'static str, Vec<u64>)> {
+    let mut c = AGES.lock().expect("BUG: metrics cache poisoned");
+    match &*c {
+        Some((at, then, ages, cost)) if at.elapsed() < (*cost * 20).min(SPOOL_CACHE) => ages
+            .iter()
+            .map(|(q, a)| {
+                (
+                    *q,
+                    a.iter().map(|a| a + (now - then).max(0) as u64).collect(),
+                )
+            })
+            .collect(),
+        _ => {
+            let t = Instant::now();
+            let ages = vec![
+                ("hold", queue_ages(cfg, "hold", now)),
+                ("quarantine", queue_ages(cfg, QUARANTINE, now)),
+            ];
+            *c = Some((Instant::now(), now, ages.clone(), t.elapsed()));
+            ages
         }
     }
-    s.push_str(&format!("{name}_count {}\n", samples.len()));
 }
 
-/// The metrics text (Prometheus exposition format 0.0.4).
+/// This process as Prometheus's process collectors describe it (Linux).
+fn process_metrics(reg: &mut Registry) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    // Fields after the command name (which is in parentheses).
+    let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
+        return;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as f64;
+    // utime 14, stime 15, starttime 22, vsize 23, rss 24 (1-based in
+    // proc(5); here 2 less: state is field 3).
+    let cpu = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+    cpu.inc_by((num(11) + num(12)) / tick);
+    reg.register(
+        "process_cpu_seconds",
+        "Total user and system CPU time spent in seconds",
+        cpu,
+    );
+    let btime = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("btime ")
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+        })
+        .unwrap_or(0.0);
+    let gauge = |v: f64| {
+        let g = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        g.set(v);
+        g
+    };
+    reg.register(
+        "process_start_time_seconds",
+        "Start time of the process since unix epoch in seconds",
+        gauge(btime + num(19) / tick),
+    );
+    reg.register(
+        "process_virtual_memory_bytes",
+        "Virtual memory size in bytes",
+        gauge(num(20)),
+    );
+    reg.register(
+        "process_resident_memory_bytes",
+        "Resident memory size in bytes",
+        gauge(num(21) * page),
+    );
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    reg.register(
+        "process_open_fds",
+        "Number of open file descriptors",
+        gauge(fds as f64),
+    );
+    if let Ok((soft, _)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    {
+        reg.register(
+            "process_max_fds",
+            "Maximum number of open file descriptors",
+            gauge(soft as f64),
+        );
+    }
+}
+
+fn int_gauge(v: i64) -> Gauge {
+    let g = Gauge::default();
+    g.set(v);
+    g
+}
+
+/// The metrics text (OpenMetrics text, as `prometheus-client` writes it).
 pub fn render(cfg: &Config, shared: &Shared, now: i64) -> String {
-    let ages = AGES.with(|c| {
-        let mut c = c.borrow_mut();
-        match &*c {
-            Some((at, then, ages, cost)) if at.elapsed() < (*cost * 20).min(SPOOL_CACHE) => {
-                // Ages grow with time; the set of messages is from the walk.
-                ages.iter()
-                    .map(|a| a + (now - then).max(0) as u64)
-                    .collect::<Vec<u64>>()
-            }
-            _ => {
-                let t = std::time::Instant::now();
-                let ages = hold_ages(cfg, now);
-                *c = Some((std::time::Instant::now(), now, ages.clone(), t.elapsed()));
-                ages
-            }
-        }
+    let mut reg = Registry::default();
+    let info = Family::<Labels, Gauge>::default();
+    info.get_or_create(&labels(&[("version", env!("CARGO_PKG_VERSION"))]))
+        .set(1);
+    reg.register("posthold_build_info", "posthold's version (always 1)", info);
+    let depth = Family::<Labels, Gauge>::default();
+    let age = Family::<Labels, Histogram>::new_with_constructor(|| {
+        Histogram::new(AGE_BUCKETS.iter().map(|b| *b as f64))
     });
-    let mut s = String::new();
-    s.push_str("# HELP posthold_hold_depth Committed messages in the hold queue.\n# TYPE posthold_hold_depth gauge\n");
-    s.push_str(&format!("posthold_hold_depth {}\n", ages.len()));
-    s.push_str("# HELP posthold_held_age_seconds Time on hold of the messages in the hold queue.\n# TYPE posthold_held_age_seconds histogram\n");
-    for b in AGE_BUCKETS {
-        let n = ages.iter().filter(|a| **a <= *b).count();
-        s.push_str(&format!(
-            "posthold_held_age_seconds_bucket{{le=\"{b}\"}} {n}\n"
-        ));
+    for (queue, ages) in ages(cfg, now) {
+        let l = labels(&[("queue", queue)]);
+        depth.get_or_create(&l).set(ages.len() as i64);
+        let h = age.get_or_create(&l);
+        for a in ages {
+            h.observe(a as f64);
+        }
     }
-    s.push_str(&format!(
-        "posthold_held_age_seconds_bucket{{le=\"+Inf\"}} {}\n",
-        ages.len()
-    ));
-    s.push_str(&format!(
-        "posthold_held_age_seconds_sum {}\n",
-        ages.iter().sum::<u64>()
-    ));
-    s.push_str(&format!("posthold_held_age_seconds_count {}\n", ages.len()));
-    s.push_str("# HELP posthold_scheduled Releases waiting for their due time.\n# TYPE posthold_scheduled gauge\n");
-    s.push_str(&format!("posthold_scheduled {}\n", shared.scheduled));
-    s.push_str("# HELP posthold_next_due_timestamp_seconds Earliest scheduled due time (0: none).\n# TYPE posthold_next_due_timestamp_seconds gauge\n");
-    s.push_str(&format!(
-        "posthold_next_due_timestamp_seconds {}\n",
-        shared.next_due.unwrap_or(0)
-    ));
-    s.push_str("# HELP posthold_bad_dates Messages kept because their due date is unusable.\n# TYPE posthold_bad_dates gauge\n");
-    s.push_str(&format!("posthold_bad_dates {}\n", shared.bad_dates));
-    s.push_str("# HELP posthold_refused_messages Messages whose action is refused for a lasting reason (see posthold check).\n# TYPE posthold_refused_messages gauge\n");
-    s.push_str(&format!("posthold_refused_messages {}\n", shared.refused));
-    s.push_str("# HELP posthold_damaged_messages Held messages whose queue file posthold cannot read (damaged, or a newer queue format).\n# TYPE posthold_damaged_messages gauge\n");
-    s.push_str(&format!("posthold_damaged_messages {}\n", shared.damaged));
-    s.push_str("# HELP posthold_kept_no_rule Held messages that no rule matches (kept; see the log).\n# TYPE posthold_kept_no_rule gauge\n");
-    s.push_str(&format!("posthold_kept_no_rule {}\n", shared.no_rule));
-    s.push_str("# HELP posthold_stuck_messages Held messages whose scans keep failing for longer than stuck_after.\n# TYPE posthold_stuck_messages gauge\n");
-    s.push_str(&format!("posthold_stuck_messages {}\n", shared.stuck));
-    s.push_str("# HELP posthold_scanner_up Whether the scanner answers (0: down; mail that needs it stays held without strikes).\n# TYPE posthold_scanner_up gauge\n");
-    for (sc, up) in &shared.scanner_up {
-        s.push_str(&format!(
-            "posthold_scanner_up{{scanner=\"{sc}\"}} {}\n",
-            u8::from(*up)
-        ));
+    reg.register(
+        "posthold_queue_messages",
+        "Committed messages in the hold queue and in the quarantine",
+        depth,
+    );
+    reg.register(
+        "posthold_queue_message_age_seconds",
+        "Time since the last status change (hold, quarantine) of the messages there",
+        age,
+    );
+    for (name, help, v) in [
+        (
+            "posthold_scheduled",
+            "Releases waiting for their due time",
+            shared.scheduled as i64,
+        ),
+        (
+            "posthold_next_due_timestamp_seconds",
+            "Earliest scheduled due time (0: none)",
+            shared.next_due.unwrap_or(0),
+        ),
+        (
+            "posthold_bad_dates",
+            "Messages kept because their due date is unusable",
+            shared.bad_dates as i64,
+        ),
+        (
+            "posthold_refused_messages",
+            "Messages whose action is refused for a lasting reason (see posthold check)",
+            shared.refused as i64,
+        ),
+        (
+            "posthold_damaged_messages",
+            "Held messages whose queue file posthold cannot read (damaged, or a newer queue format)",
+            shared.damaged as i64,
+        ),
+        (
+            "posthold_kept_no_rule",
+            "Held messages that no rule matches (kept; see the log)",
+            shared.no_rule as i64,
+        ),
+        (
+            "posthold_stuck_messages",
+            "Held messages whose scans keep failing for longer than stuck_after",
+            shared.stuck as i64,
+        ),
+    ] {
+        reg.register(name, help, int_gauge(v));
     }
-    s.push_str("# HELP posthold_actions_total Actions done, by action and reason.\n# TYPE posthold_actions_total counter\n");
+    let up = Family::<Labels, Gauge>::default();
+    for (sc, u) in &shared.scanner_up {
+        up.get_or_create(&labels(&[("scanner", sc)]))
+            .set(i64::from(*u));
+    }
+    reg.register(
+        "posthold_scanner_up",
+        "Whether the scanner answers (0: down; mail that needs it stays held without strikes)",
+        up,
+    );
+    let actions = Family::<Labels, Counter>::default();
     for ((a, r), n) in &shared.actions {
-        s.push_str(&format!(
-            "posthold_actions_total{{action=\"{a}\",reason=\"{r}\"}} {n}\n"
-        ));
+        actions
+            .get_or_create(&labels(&[("action", a), ("reason", r)]))
+            .inc_by(*n);
     }
-    summary(
-        &mut s,
-        "posthold_decision_latency_seconds",
-        "Time from a file's commit to the daemon's decision (last 10,000).",
-        &shared.decision_latency_us,
+    reg.register(
+        "posthold_actions",
+        "Actions done, by action and reason",
+        actions,
     );
-    summary(
-        &mut s,
-        "posthold_release_lateness_seconds",
-        "Time from a due time to the release (last 10,000).",
-        &shared.release_lateness_us,
-    );
-    s.push_str("# HELP posthold_scans_total Scans by scanner and result (done, failed, strike).\n# TYPE posthold_scans_total counter\n");
+    let errors = Counter::<u64>::default();
+    errors.inc_by(shared.errors);
+    reg.register("posthold_errors", "Actions that could not be done", errors);
+    let scans = Family::<Labels, Counter>::default();
     for ((sc, r), n) in &shared.scans {
-        s.push_str(&format!(
-            "posthold_scans_total{{scanner=\"{sc}\",result=\"{r}\"}} {n}\n"
-        ));
+        scans
+            .get_or_create(&labels(&[("scanner", sc), ("result", r)]))
+            .inc_by(*n);
     }
-    s.push_str("# HELP posthold_errors_total Actions that could not be done.\n# TYPE posthold_errors_total counter\n");
-    s.push_str(&format!("posthold_errors_total {}\n", shared.errors));
+    reg.register(
+        "posthold_scans",
+        "Scans by scanner and result (done, failed, strike)",
+        scans,
+    );
+    reg.register(
+        "posthold_decision_latency_seconds",
+        "Time from a file's commit to the daemon's decision (mail committed while the daemon runs)",
+        shared.decision_latency.clone(),
+    );
+    reg.register(
+        "posthold_release_lateness_seconds",
+        "Time from a due time to the release",
+        shared.release_lateness.clone(),
+    );
+    reg.register(
+        "posthold_scan_duration_seconds",
+        "Time a scan took, by scanner",
+        shared.scan_duration.clone(),
+    );
+    process_metrics(&mut reg);
+    let mut s = String::new();
+    if encode(&mut s, &reg).is_err() {
+        s.clear();
+    }
     s
 }
 
@@ -226,32 +427,91 @@ pub fn parse_addr(a: &str) -> Result<SocketAddr, Fatal> {
     Ok(addr)
 }
 
+/// OpenMetrics text as the classic Prometheus text format (0.0.4): a
+/// counter family is named with its `_total` in HELP and TYPE, and there
+/// is no `# EOF`. Everything else is the same in both.
+pub fn classic_text(om: &str) -> String {
+    let counters: std::collections::HashSet<&str> = om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(om.len());
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+/// Connections served at once; more wait in the listen backlog.
+pub const MAX_CLIENTS: usize = 8;
+/// The whole request (head) must arrive within this time.
+pub const REQUEST_TIME: Duration = Duration::from_secs(5);
+/// The longest request head read.
+pub const REQUEST_BYTES: usize = 8192;
+
+/// Reads a request head within the limits; `None` if it is too slow, too
+/// long or cut short.
+fn read_head(c: &mut TcpStream) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + REQUEST_TIME;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || head.len() > REQUEST_BYTES {
+            return None;
+        }
+        c.set_read_timeout(Some(left)).ok()?;
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(head)
+}
+
 fn serve_one(mut c: TcpStream, cfg: &Config, shared: &Mutex<Shared>) {
-    let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-    let mut line = String::new();
-    let mut r = BufReader::new(match c.try_clone() {
-        Ok(c) => c,
-        Err(_) => return,
-    });
-    if r.read_line(&mut line).is_err() {
+    let _ = c.set_write_timeout(Some(REQUEST_TIME));
+    let Some(head) = read_head(&mut c) else {
+        let _ = c.write_all(b"HTTP/1.0 408 Request Timeout\r\nContent-Length: 0\r\n\r\n");
         return;
-    }
-    // Drain the request headers.
-    let mut h = String::new();
-    while r.read_line(&mut h).is_ok_and(|n| n > 2) {
-        h.clear();
-    }
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let resp = if line.starts_with("GET /metrics ") {
+    };
+    let now = crate::util::now();
+    let resp = if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?") {
         let body = {
             let g = shared.lock().expect("BUG: metrics lock poisoned");
             render(cfg, &g, now)
         };
+        // OpenMetrics to those who ask for it (Prometheus does), the
+        // classic text format to everyone else (promtool, curl, status).
+        let (kind, body) = if String::from_utf8_lossy(&head)
+            .to_ascii_lowercase()
+            .lines()
+            .any(|l| l.starts_with("accept:") && l.contains("application/openmetrics-text"))
+        {
+            (
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                body,
+            )
+        } else {
+            (
+                "text/plain; version=0.0.4; charset=utf-8",
+                classic_text(&body),
+            )
+        };
         format!(
-            "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
+            "HTTP/1.0 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         )
     } else {
@@ -260,7 +520,8 @@ fn serve_one(mut c: TcpStream, cfg: &Config, shared: &Mutex<Shared>) {
     let _ = c.write_all(resp.as_bytes());
 }
 
-/// Serves metrics on `addr` until `stop` is set.
+/// Serves metrics on `addr` until `stop` is set: one thread per
+/// connection, at most [`MAX_CLIENTS`] at once.
 pub fn serve(
     addr: SocketAddr,
     cfg: Config,
@@ -270,14 +531,24 @@ pub fn serve(
     let l = TcpListener::bind(addr).map_err(|e| Fatal::config(format!("--metrics {addr}: {e}")))?;
     l.set_nonblocking(true)
         .map_err(|e| Fatal::config(format!("--metrics {addr}: {e}")))?;
+    let busy = Arc::new(AtomicUsize::new(0));
     Ok(std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
+            if busy.load(Ordering::Acquire) >= MAX_CLIENTS {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
             match l.accept() {
                 Ok((c, _)) => {
                     let _ = c.set_nonblocking(false);
-                    serve_one(c, &cfg, &shared);
+                    busy.fetch_add(1, Ordering::AcqRel);
+                    let (cfg, shared, busy) = (cfg.clone(), Arc::clone(&shared), Arc::clone(&busy));
+                    std::thread::spawn(move || {
+                        serve_one(c, &cfg, &shared);
+                        busy.fetch_sub(1, Ordering::AcqRel);
+                    });
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
         }
     }))
@@ -299,4 +570,18 @@ pub fn fetch(addr: SocketAddr) -> Result<String, Fatal> {
     text.split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .ok_or_else(|| Fatal::runtime(format!("{addr}: malformed reply")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_text_names_counters_with_total_and_drops_eof() {
+        let om = "# HELP a_total_x x.\n# HELP c Things.\n# TYPE c counter\nc_total{k=\"v\"} 3\n# HELP g G.\n# TYPE g gauge\ng 1\n# EOF\n";
+        assert_eq!(
+            classic_text(om),
+            "# HELP a_total_x x.\n# HELP c_total Things.\n# TYPE c_total counter\nc_total{k=\"v\"} 3\n# HELP g G.\n# TYPE g gauge\ng 1\n"
+        );
+    }
 }

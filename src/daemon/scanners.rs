@@ -208,12 +208,11 @@ fn scan_one(ctx: &ScanCtx, job: Job) -> Step {
         Err(f) if f.strike => "strike",
         Err(_) => "failed",
     };
-    *ctx.shared
-        .lock()
-        .expect("BUG: metrics lock poisoned")
-        .scans
-        .entry((sc.name.clone(), label.into()))
-        .or_insert(0) += 1;
+    {
+        let mut m = ctx.shared.lock().expect("BUG: metrics lock poisoned");
+        *m.scans.entry((sc.name.clone(), label.into())).or_insert(0) += 1;
+        m.record_scan(&sc.name, secs);
+    }
     match result {
         Ok(outcome) => {
             scanner_answered(ctx, &sc.name);

@@ -205,11 +205,10 @@ impl Scheduler {
             return None; // already decided the same way
         }
         if prev.is_none() {
-            let us = (now_ms * 1000 - d.committed_us).max(0) as u64;
             self.metrics
                 .lock()
                 .expect("BUG: metrics lock poisoned")
-                .record_latency(us);
+                .record_decision(d.committed_us, now_ms);
         }
         let prev_state = prev.map(|p| p.state);
         self.remove(d.ino);
@@ -464,7 +463,10 @@ mod tests {
 
     fn sched() -> (Scheduler, Logger, Arc<Mutex<Shared>>) {
         let log = Logger::memory();
-        let m = Arc::new(Mutex::new(Shared::default()));
+        let m = Arc::new(Mutex::new(Shared {
+            started_us: 0,
+            ..Shared::default()
+        }));
         (Scheduler::new(log.clone(), Arc::clone(&m)), log, m)
     }
 
@@ -506,7 +508,7 @@ mod tests {
         let (mut s, log, m) = sched();
         assert_eq!(s.decision(at(1, NOW + 60), NOW * 1000), None);
         assert_eq!(s.scheduled(), 1);
-        assert_eq!(m.lock().unwrap().decision_latency_us.len(), 1);
+        assert_eq!(m.lock().unwrap().decisions_timed, 1);
         assert!(log.lines()[0].starts_with("ID1: scheduled, reason=x-deliver-at"));
         assert_eq!(s.wait_ms(NOW * 1000, 250), 250);
         assert_eq!(s.next_due((NOW + 59) * 1000), None, "never early");
@@ -558,7 +560,7 @@ mod tests {
         assert_eq!(s.decision(keep.clone(), NOW * 1000), None);
         assert_eq!(s.decision(keep, NOW * 1000 + 5), None);
         assert_eq!(log.lines().len(), 1, "{:?}", log.lines());
-        assert_eq!(m.lock().unwrap().decision_latency_us.len(), 1);
+        assert_eq!(m.lock().unwrap().decisions_timed, 1);
         s.decision(at(5, NOW + 60), NOW * 1000);
         s.decision(at(5, NOW + 60), NOW * 1000);
         assert_eq!(log.lines().len(), 2);
