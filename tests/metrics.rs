@@ -45,7 +45,19 @@ fn metrics_pass_promtool_and_a_real_prometheus_answers_a_histogram_quantile() {
     require_postfix();
     let pf = Instance::start(false);
     let addr = format!("127.0.0.1:{}", free_port());
-    let daemon = Daemon::start(&pf, &["--metrics", &addr]);
+    // A scanner too, so that scanner health and scan durations are served.
+    let rules = pf.dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[scanner.ok]\ntype = \"command\"\nargv = [\"/bin/sh\", \"-c\", \"cat >/dev/null\"]\n\
+         [[rule]]\nscan = \"ok\"\nexit = [1]\naction = \"quarantine\"\n\
+         [[rule]]\nheader = \"X-Deliver-At\"\naction = \"release-at\"\n",
+    )
+    .unwrap();
+    let daemon = Daemon::start(
+        &pf,
+        &["--metrics", &addr, "--rules", rules.to_str().unwrap()],
+    );
     // Mail held while the daemon runs: decisions on it are timed.
     let t0 = chrono::Utc::now().timestamp();
     for i in 0..3 {
@@ -74,6 +86,8 @@ fn metrics_pass_promtool_and_a_real_prometheus_answers_a_histogram_quantile() {
         "posthold_build_info{version=\"",
         "process_resident_memory_bytes ",
         "process_cpu_seconds_total ",
+        "posthold_scanner_up{scanner=\"ok\"} 1",
+        "posthold_scan_duration_seconds_count{scanner=\"ok\"} ",
     ] {
         assert!(text.contains(want), "{want:?} in\n{text}");
     }
@@ -151,8 +165,39 @@ fn metrics_pass_promtool_and_a_real_prometheus_answers_a_histogram_quantile() {
         answer = get(&web, &format!("/api/v1/query?query={q}"));
         answer.contains("\"status\":\"success\"") && answer.contains("\"value\":[")
     });
+    // Every query of the Grafana dashboard is valid PromQL and names only
+    // metrics the daemon serves.
+    let dash: String =
+        std::fs::read_to_string(root().join("packaging/grafana/posthold.json")).unwrap();
+    let exprs: Vec<String> = dash
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("\"expr\": \""))
+        .map(|e| {
+            e.trim_end_matches(',')
+                .trim_end_matches('"')
+                .replace("\\\"", "\"")
+        })
+        .collect();
+    assert!(exprs.len() >= 12, "{exprs:?}");
+    let mut bad = Vec::new();
+    for e in &exprs {
+        let r = get(&web, &format!("/api/v1/query?query={}", enc(e)));
+        if !r.contains("\"status\":\"success\"") {
+            bad.push(format!("{e}: {r}"));
+        }
+        for name in e
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("posthold_"))
+        {
+            let base = name.trim_end_matches("_bucket");
+            if !text.contains(base) {
+                bad.push(format!("{e}: {name} is not served"));
+            }
+        }
+    }
     let _ = prom.kill();
     let _ = prom.wait();
+    assert!(bad.is_empty(), "{bad:#?}");
     assert!(
         ok,
         "prometheus: {answer}\n{}",

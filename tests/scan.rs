@@ -919,11 +919,11 @@ action = "release"
         "eicar quarantined",
         || tokens_in(&pf, "posthold-quarantine") == set(&["eicar"]),
     );
-    wait_until(
-        Instant::now() + Duration::from_secs(30),
-        "spamd down",
-        || daemon.log().contains("scanner=spamd: down: timed out"),
-    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !daemon.log().contains("scanner=spamd: down: timed out") {
+        assert!(Instant::now() < deadline, "spamd down: {}", daemon.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert_eq!(tokens_in(&pf, "hold"), set(&["clean"]));
     assert!(delivered_tokens(&pf).is_empty());
     // spamd wakes up: the clean message is delivered.
@@ -1288,6 +1288,47 @@ fn command_scanners_run_as_nobody_not_as_root_or_mail_owner() {
         "released after the scan",
         || delivered_tokens(&pf) == set(&["spied"]),
     );
+    // A SIGHUP to every process of the daemon (as `pkill -HUP posthold`
+    // does) reloads the rules and leaves the launcher running.
+    let pid = daemon.child.id() as i32;
+    let children: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(") ")
+                        .map(|(_, r)| r.split(' ').nth(1).map(str::to_string))
+                })
+                .flatten()
+                .is_some_and(|pp| pp == pid.to_string())
+        })
+        .collect();
+    assert_eq!(children.len(), 1, "the launcher: {children:?}");
+    for p in [pid, children[0]] {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap();
+    }
+    wait_until(Instant::now() + Duration::from_secs(10), "reloaded", || {
+        std::fs::read_to_string(&daemon.log)
+            .unwrap_or_default()
+            .contains("rules reloaded")
+    });
+    pf.send(
+        "alice@posthold.test",
+        &["bob@posthold.test"],
+        &message("again", "hello"),
+    );
+    wait_until(
+        Instant::now() + Duration::from_secs(30),
+        "released after the reload",
+        || delivered_tokens(&pf) == set(&["again", "spied"]),
+    );
     let (_, log) = daemon.term();
     let seen = uids(&id);
     assert_eq!(seen.len(), 2, "{log}");
@@ -1340,4 +1381,87 @@ fn command_scanners_run_as_nobody_not_as_root_or_mail_owner() {
         };
         assert!(text.contains(want), "{text}");
     }
+}
+
+/// A clamd that answers PING and scans, but dies (stops listening) when a
+/// scanned message contains `KILLER`, and comes back a second later, as a
+/// service manager restarts it.
+fn dying_clamd(sock: &Path) {
+    let sock = sock.to_path_buf();
+    std::thread::spawn(move || {
+        loop {
+            let l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+            std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+            for c in l.incoming() {
+                let Ok(mut c) = c else { break };
+                c.set_read_timeout(Some(Duration::from_millis(300)))
+                    .unwrap();
+                let mut req = Vec::new();
+                let mut buf = [0u8; 65536];
+                while let Ok(n @ 1..) = c.read(&mut buf) {
+                    req.extend_from_slice(&buf[..n]);
+                    if req == b"zPING\0" {
+                        break;
+                    }
+                }
+                if req == b"zPING\0" {
+                    let _ = c.write_all(b"PONG\0");
+                } else if req.windows(6).any(|w| w == b"KILLER") {
+                    break; // dies mid-scan: no reply, and nobody listens
+                } else {
+                    let _ = c.write_all(b"stream: OK\0");
+                }
+            }
+            drop(l);
+            let _ = std::fs::remove_file(&sock);
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+}
+
+/// A message that kills its scanner is the message's fault even though the
+/// scanner is then down: it is quarantined as poison, and the clean mail
+/// waiting for the same scanner is released once the scanner is back.
+#[test]
+fn a_message_that_kills_its_scanner_is_poison_and_others_pass() {
+    require_postfix();
+    let pf = Instance::start(false);
+    let sock = pf.dir.path().join("dying.sock");
+    dying_clamd(&sock);
+    let rules = pf.dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        format!(
+            "[scanner.clamd]\ntype = \"clamd\"\naddress = \"{}\"\ntimeout = \"5s\"\nretry = \"1s\"\nretry_max = \"1s\"\npoison_after = 2\n\
+             [[rule]]\nscan = \"clamd\"\naction = \"quarantine\"\n[[rule]]\naction = \"release\"\n",
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&pf, &["--rules", rules.to_str().unwrap()]);
+    pf.send(
+        "alice@posthold.test",
+        &["bob@posthold.test"],
+        &message("killer", "this one is a KILLER"),
+    );
+    for t in ["clean1", "clean2"] {
+        pf.send(
+            "alice@posthold.test",
+            &["bob@posthold.test"],
+            &message(t, "See you at noon."),
+        );
+    }
+    wait_until(
+        Instant::now() + Duration::from_secs(60),
+        "killer quarantined, clean mail delivered",
+        || {
+            tokens_in(&pf, "posthold-quarantine") == set(&["killer"])
+                && delivered_tokens(&pf) == set(&["clean1", "clean2"])
+        },
+    );
+    let (_, log) = daemon.term();
+    assert!(
+        log.contains("reason=poison, scanner=clamd, strikes=2"),
+        "{log}"
+    );
 }

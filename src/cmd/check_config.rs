@@ -305,13 +305,18 @@ pub fn audit_postfix(config_dir: Option<&Path>, rules: &Rules) -> Result<Vec<Str
     }
     // qmgr and pickup, as UNIX sockets or FIFOs (posthold wakes both).
     let cfg = Config::load(config_dir, None)?;
-    // S14: no command scanner as mail_owner, who may rewrite the queue.
+    // S14: no command scanner as mail_owner (by uid: another name for the
+    // same uid is the same user), who may rewrite the queue.
+    let owner_uid = nix::unistd::User::from_name(&cfg.mail_owner)
+        .ok()
+        .flatten()
+        .map(|u| u.uid.as_raw());
     for sc in &rules.scanners {
         if let ScannerKind::Command {
-            user: Some((name, _, _)),
+            user: Some((name, uid, _)),
             ..
         } = &sc.kind
-            && *name == cfg.mail_owner
+            && Some(*uid) == owner_uid
         {
             out.push(format!(
                 "scanner {}: user {name} is mail_owner: it could rewrite every queue file; name an unprivileged user (or drop user: nobody is the default)",

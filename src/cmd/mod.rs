@@ -500,7 +500,7 @@ fn scan_cmd(a: &ScanArgs, out: &mut dyn Write) -> Result<i32, Fatal> {
     crate::daemon::scanners::check_scanner_users(
         &rules,
         crate::daemon::scanners::RunsAs::Caller,
-        spool.owner.0,
+        spool.owner,
         &[],
     )?;
     let opts = scan::ScanOpts {

@@ -22,6 +22,8 @@ struct Slot {
     failing_since_ms: i64,
     /// Failing for longer than the rules' `stuck_after` (told once).
     stuck: bool,
+    /// Waiting for a scanner that is down (told once).
+    waiting: bool,
 }
 
 /// May a scan start now?
@@ -47,12 +49,18 @@ pub struct Failed {
     /// Failing for longer than `stuck_after` since this failure, and not
     /// before: the moment to tell.
     pub newly_stuck: bool,
+    /// The first wait for a scanner that is down (since the last result):
+    /// the moment to tell.
+    pub newly_waiting: bool,
 }
 
 /// A failed scan, as [`Board::failed`] records it.
 pub struct Failure<B> {
     /// A timeout or crash (counts towards poison).
     pub strike: bool,
+    /// A failure of this message's own (false: it only waited for a
+    /// scanner that is down; failures and backoff stay as they were).
+    pub count: bool,
     /// The wait before try `n + 1`.
     pub backoff: B,
     /// How long scans may keep failing before the message is stuck.
@@ -163,13 +171,16 @@ impl Board {
     ) -> Option<Failed> {
         let Failure {
             strike,
+            count,
             backoff,
             stuck_after,
         } = how;
         self.with(|m| match m.get_mut(&ino) {
             Some(s) if *s.id == *id && s.generation == generation => {
                 s.busy = false;
-                s.failures = s.failures.saturating_add(1);
+                s.failures = s.failures.saturating_add(count as u32);
+                let newly_waiting = !count && !s.waiting;
+                s.waiting = !count;
                 s.strikes = s.strikes.saturating_add(strike as u32);
                 let wait = backoff(s.failures).as_millis().min(i64::MAX as u128) as i64;
                 s.not_before_ms = now_ms.saturating_add(wait);
@@ -184,9 +195,19 @@ impl Board {
                     strikes: s.strikes,
                     retry_ms: s.not_before_ms,
                     newly_stuck,
+                    newly_waiting,
                 })
             }
             _ => None,
+        })
+    }
+
+    /// Takes back one strike (counted before its scanner was found down).
+    pub fn forgive(&self, ino: u64) {
+        self.with(|m| {
+            if let Some(s) = m.get_mut(&ino) {
+                s.strikes = s.strikes.saturating_sub(1);
+            }
         })
     }
 
@@ -245,6 +266,7 @@ mod tests {
                 1,
                 Failure {
                     strike: true,
+                    count: true,
                     backoff: back,
                     stuck_after,
                 },
@@ -258,6 +280,7 @@ mod tests {
                 strikes: 1,
                 retry_ms: 11_000,
                 newly_stuck: false,
+                newly_waiting: false,
             }
         );
         assert_eq!(b.claim(7, "A", 1, 5000), Claim::Wait(11_000));
@@ -269,6 +292,7 @@ mod tests {
                 1,
                 Failure {
                     strike: false,
+                    count: true,
                     backoff: back,
                     stuck_after,
                 },
@@ -282,6 +306,7 @@ mod tests {
                 strikes: 1,
                 retry_ms: 31_000,
                 newly_stuck: false,
+                newly_waiting: false,
             }
         );
         // Failing for 15 s since the first failure: stuck, told once.
@@ -293,6 +318,7 @@ mod tests {
                 1,
                 Failure {
                     strike: false,
+                    count: true,
                     backoff: back,
                     stuck_after,
                 },
@@ -309,6 +335,7 @@ mod tests {
                 1,
                 Failure {
                     strike: false,
+                    count: true,
                     backoff: back,
                     stuck_after,
                 },
@@ -334,6 +361,7 @@ mod tests {
                 1,
                 Failure {
                     strike: true,
+                    count: true,
                     backoff: back,
                     stuck_after
                 },

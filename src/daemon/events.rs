@@ -82,6 +82,14 @@ impl Events {
             if self.hup.swap(false, Ordering::Relaxed) {
                 self.reload();
             }
+            if crate::scan::launcher::lost() {
+                // Command scanners can no longer run: stop, so that the
+                // service manager starts posthold again with a new one.
+                self.actor.flush();
+                return Err(Fatal::runtime(
+                    "the scanner launcher is gone: stopping (command scanners cannot run)",
+                ));
+            }
             self.act_on_due();
             self.actor.flush();
             let wait = self.sched.wait_ms(now_ms(), 250);
@@ -218,7 +226,7 @@ impl Events {
     /// SIGHUP: new rules, new scanners, a new generation (decisions, scans
     /// and results of the old rules are dropped as they come), a rescan.
     fn reload(&mut self) {
-        let owner = self.actor.spool.owner.0;
+        let owner = self.actor.spool.owner;
         let loaded = Rules::load(self.rules_path.as_deref()).and_then(|r| {
             check_scanner_users(&r, self.runs_as, owner, &self.launcher_users).map(|()| r)
         });

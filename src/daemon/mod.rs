@@ -90,7 +90,7 @@ pub fn run(cfg: Config, opts: WatchOpts) -> Result<i32, Fatal> {
         RunsAs::MailOwner => scanners::scanner_users(&rules),
         RunsAs::Caller => Vec::new(),
     };
-    scanners::check_scanner_users(&rules, runs_as, spool.owner.0, &launcher_users)?;
+    scanners::check_scanner_users(&rules, runs_as, spool.owner, &launcher_users)?;
     let (stop, hup) = start(&spool, runs_as, &launcher_users, &log)?;
     log.log(&format!(
         "starting: queue {}, {} rules, scan every {}s",

@@ -15,7 +15,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 
 use super::board::{Board, Failure};
 use super::decision::{Brain, Decision, Job, send_or_stop};
-use super::health::{Gate, Health};
+use super::health::{self, Gate, Health};
 use super::logger::Logger;
 use super::metrics::Shared;
 use super::parser::look;
@@ -133,7 +133,7 @@ fn scan_one(ctx: &ScanCtx, job: Job) -> Step {
             },
         )
     };
-    let kept = |what: String, strike: bool, retry: Option<i64>, guard: &mut ClaimGuard| {
+    let kept = |what: String, strike: bool, wait: Option<i64>, guard: &mut ClaimGuard| {
         guard.armed = false;
         failed(
             ctx,
@@ -144,15 +144,19 @@ fn scan_one(ctx: &ScanCtx, job: Job) -> Step {
             held,
             committed_us,
             &limits,
-            Lost {
-                what,
-                strike,
-                retry,
-            },
+            Kept { what, strike, wait },
         )
     };
-    let trial = match ctx.health.gate(&sc.name, now_ms()) {
-        Gate::Scan => false,
+    // The longest a trial can take: others wait that long at least.
+    let trial_len = sc.connect_timeout * 2 + sc.timeout + sc.timeout.min(PROBE_LIMIT);
+    let mut trial = TrialGuard {
+        health: &ctx.health,
+        name: &sc.name,
+        retry_max: sc.retry_max,
+        armed: false,
+    };
+    match ctx.health.gate(&sc.name, now_ms(), trial_len) {
+        Gate::Scan => {}
         Gate::Wait(t) => {
             return kept(
                 format!("scanner {} is down", sc.name),
@@ -162,10 +166,11 @@ fn scan_one(ctx: &ScanCtx, job: Job) -> Step {
             );
         }
         Gate::Trial => {
+            trial.armed = true;
             // A down network scanner is asked first; the message is sent
             // only once it answers.
             if let Some(Err(f)) = sc.probe(&ctx.stop) {
-                let t = ctx.health.trial_failed(&sc.name, sc.retry_max, now_ms());
+                let t = trial.failed();
                 return kept(
                     format!("scanner {} is down: {}", sc.name, f.what),
                     false,
@@ -173,28 +178,18 @@ fn scan_one(ctx: &ScanCtx, job: Job) -> Step {
                     &mut guard,
                 );
             }
-            true
         }
-    };
-    let give_up_trial = |ctx: &ScanCtx| {
-        if trial {
-            ctx.health.trial_failed(&sc.name, sc.retry_max, now_ms());
-        }
-    };
-    let msg = match Message::open(
+    }
+    // Gone from hold, replaced or unreadable: the guards give the claim
+    // (and a trial) back; the next event or scan decides.
+    let Ok(msg) = Message::open(
         ctx.root.as_fd(),
         &loc.path(),
         &loc.id,
         Some(ino),
         Headers::Skip,
-    ) {
-        Ok(m) => m,
-        // Gone from hold, replaced or unreadable: the guard gives the
-        // claim back; the next event or scan decides.
-        Err(_) => {
-            give_up_trial(ctx);
-            return Step::Next;
-        }
+    ) else {
+        return Step::Next;
     };
     let started = Instant::now();
     let result = sc.scan(&msg, &ctx.stop);
@@ -215,6 +210,7 @@ fn scan_one(ctx: &ScanCtx, job: Job) -> Step {
     }
     match result {
         Ok(outcome) => {
+            trial.armed = false;
             scanner_answered(ctx, &sc.name);
             ctx.log.log(&format!(
                 "{}: scanned, scanner={}, {}, time={secs:.3}s",
@@ -237,6 +233,7 @@ fn scan_one(ctx: &ScanCtx, job: Job) -> Step {
             }
         }
         Err(f) if f.answered => {
+            trial.armed = false;
             scanner_answered(ctx, &sc.name);
             kept(
                 format!("{}, time={secs:.3}s", f.what),
@@ -245,35 +242,50 @@ fn scan_one(ctx: &ScanCtx, job: Job) -> Step {
                 &mut guard,
             )
         }
-        Err(f) if trial => {
-            let t = ctx.health.trial_failed(&sc.name, sc.retry_max, now_ms());
+        Err(f) if trial.armed => {
+            // The scanner answered the probe before this message was
+            // sent: if it died of it, that is the message's doing.
+            let t = trial.failed();
             kept(
                 format!("{}, time={secs:.3}s (trial: scanner still down)", f.what),
-                false,
+                f.is_crash(),
                 Some(t),
                 &mut guard,
             )
         }
         Err(f) => {
             // No answer: the message's fault only while the scanner
-            // answers others (a probe, or other messages).
+            // answers others (a probe, or other messages), or when the
+            // scanner died of it.
             let probe = sc.probe(&ctx.stop);
             let n = ctx.health.no_answer(
                 &sc.name,
-                ino,
-                probe.as_ref().map(Result::is_ok),
+                health::Lost {
+                    ino,
+                    crash: f.is_crash(),
+                    timed_out: f.timed_out,
+                    probe: probe.as_ref().map(Result::is_ok),
+                },
                 sc.retry_max,
                 now_ms(),
             );
+            for other in &n.forgive {
+                ctx.board.forgive(*other);
+            }
             if n.went_down {
                 ctx.log.warn(&format!(
-                    "scanner={}: down: {}{}; mail that needs it stays held, no strikes until it answers",
+                    "scanner={}: down: {}{}; mail that needs it stays held, no strikes until it answers{}",
                     sc.name,
                     f.what,
                     match &probe {
                         Some(Err(p)) => format!("; probe: {}", p.what),
                         Some(Ok(())) => "; answers PING, fails every scan".into(),
                         None => String::new(),
+                    },
+                    if n.forgive.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {} earlier strike(s) taken back", n.forgive.len())
                     }
                 ));
                 publish_health(ctx);
@@ -281,9 +293,43 @@ fn scan_one(ctx: &ScanCtx, job: Job) -> Step {
             kept(
                 format!("{}, time={secs:.3}s", f.what),
                 f.strike && n.blame_message,
-                n.next_trial_ms,
+                if n.blame_message {
+                    None
+                } else {
+                    n.next_trial_ms
+                },
                 &mut guard,
             )
+        }
+    }
+}
+
+/// The longest a probe may take after connecting (as `scan::Scanner::probe`).
+const PROBE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Ends a trial that did not bring the scanner up, on every way out of a
+/// scan (a panic included) unless disarmed.
+struct TrialGuard<'a> {
+    health: &'a Health,
+    name: &'a str,
+    retry_max: Duration,
+    armed: bool,
+}
+
+impl TrialGuard<'_> {
+    /// The trial failed: the time of the next one.
+    fn failed(&mut self) -> i64 {
+        self.armed = false;
+        self.health
+            .trial_failed(self.name, self.retry_max, now_ms())
+    }
+}
+
+impl Drop for TrialGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.health
+                .trial_failed(self.name, self.retry_max, now_ms());
         }
     }
 }
@@ -306,13 +352,14 @@ pub fn publish_health(ctx: &ScanCtx) {
 }
 
 /// A scan with no usable result.
-struct Lost {
+struct Kept {
     /// What happened (for the log).
     what: String,
     /// It counts as a strike against the message.
     strike: bool,
-    /// Not before this time (ms): the scanner is down.
-    retry: Option<i64>,
+    /// The scanner is down: wait until this time (ms); not a failure of
+    /// the message's own.
+    wait: Option<i64>,
 }
 
 /// Keeps a message whose scan gave no result, with a retry time; or
@@ -327,7 +374,7 @@ fn failed(
     held: u64,
     committed_us: i64,
     limits: &Limits,
-    lost: Lost,
+    lost: Kept,
 ) -> Step {
     let now = now_ms();
     let Some(st) = ctx.board.failed(
@@ -336,7 +383,8 @@ fn failed(
         generation,
         Failure {
             strike: lost.strike,
-            backoff: |n| match lost.retry {
+            count: lost.wait.is_none(),
+            backoff: |n| match lost.wait {
                 Some(t) => Duration::from_millis((t - now).max(0) as u64),
                 None => sc.backoff(n),
             },
@@ -348,7 +396,7 @@ fn failed(
     };
     let poison = st.strikes >= sc.poison_after;
     // While the scanner is down each message says so once, not at every trial.
-    if lost.retry.is_none() || st.failures == 1 {
+    if lost.wait.is_none() || st.newly_waiting {
         ctx.log.log(&format!(
             "{}: scan failed, scanner={}, error={}, failures={}, strikes={}/{}{}",
             loc.id,
@@ -369,7 +417,7 @@ fn failed(
         ino,
         verdict: Verdict::Keep,
         due: None,
-        reason: if lost.retry.is_some() {
+        reason: if lost.wait.is_some() {
             Reason::ScannerDown {
                 scanner: sc.name.clone(),
             }
@@ -439,7 +487,7 @@ pub fn start_scanners(
 ) -> Vec<Sender<Job>> {
     let mut queues = Vec::new();
     ctx.health
-        .keep_only(rules.scanners.iter().map(|s| s.name.as_str()));
+        .reset(rules.scanners.iter().map(|s| s.name.as_str()));
     publish_health(ctx);
     for sc in &rules.scanners {
         let (tx, rx) = bounded::<Job>(sc.queue);
@@ -480,7 +528,7 @@ impl RunsAs {
 pub fn check_scanner_users(
     rules: &Rules,
     runs_as: RunsAs,
-    owner: u32,
+    (owner, owner_gid): (u32, u32),
     launcher_users: &[(u32, u32)],
 ) -> Result<(), Fatal> {
     let euid = nix::unistd::geteuid().as_raw();
@@ -498,10 +546,15 @@ pub fn check_scanner_users(
                 sc.name
             )))
         };
-        // S14: never root, never mail_owner.
+        // S14: never root, never mail_owner, nor their groups.
         if *uid == 0 || *uid == owner {
             return refuse(format!(
                 "uid {uid} has rights over the queue; name an unprivileged user (user = \"nobody\")"
+            ));
+        }
+        if *gid == 0 || *gid == owner_gid {
+            return refuse(format!(
+                "its group (gid {gid}) is root's or mail_owner's, with rights over the queue; name a user of another group"
             ));
         }
         let can = match runs_as {

@@ -268,7 +268,8 @@ pub fn run(sc: &Scanner, msg: &Message, b: &Budget) -> Result<Answer, Failure> {
         (Some(EX_TEMPFAIL), _) => Err(Failure::soft(format!(
             "temporary failure (exit {EX_TEMPFAIL}){out}"
         ))),
-        (Some(c), _) => Err(Failure::soft(format!(
+        // It ran and exited: an answer, just not one the rules name.
+        (Some(c), _) => Err(Failure::answered(format!(
             "exit code {c} that no rule names{out}"
         ))),
         (None, Some(sig)) => Err(Failure::strike(format!("killed by signal {sig}{out}"))),

@@ -44,6 +44,28 @@ use nix::unistd::{ForkResult, Pid, fork};
 /// The daemon's handle on its launcher (one per process).
 static LAUNCHER: OnceLock<Launcher> = OnceLock::new();
 
+/// Set when the launcher is found gone: the daemon then stops (exit 1) so
+/// that its service manager starts it again with a new launcher.
+static LOST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the launcher has gone (command scanners can no longer run).
+pub fn lost() -> bool {
+    LOST.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn gone(e: std::io::Error) -> std::io::Error {
+    LOST.store(true, std::sync::atomic::Ordering::Relaxed);
+    std::io::Error::other(format!("the scanner launcher is gone ({e})"))
+}
+
+/// The signals a launcher ignores: a reload or stop of the daemon (even by
+/// `pkill posthold`) must not kill it; it dies with the daemon.
+const IGNORED: [nix::sys::signal::Signal; 3] = [
+    nix::sys::signal::Signal::SIGHUP,
+    nix::sys::signal::Signal::SIGINT,
+    nix::sys::signal::Signal::SIGTERM,
+];
+
 /// The control socket to the launcher.
 pub struct Launcher {
     control: Mutex<OwnedFd>,
@@ -82,6 +104,11 @@ pub fn start(users: Vec<(u32, u32)>) -> std::io::Result<()> {
             unsafe { nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL) };
             if nix::unistd::getppid() != parent {
                 std::process::exit(0);
+            }
+            for sig in IGNORED {
+                // SAFETY: SIG_IGN installs no handler code.
+                let _ =
+                    unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigIgn) };
             }
             serve(theirs, &users);
             std::process::exit(0);
@@ -215,6 +242,18 @@ fn session_thread(mut s: UnixStream, [stdin, stdout, stderr]: [OwnedFd; 3], user
         .process_group(0)
         .uid(uid)
         .gid(gid);
+    // SAFETY: runs in the child between fork and exec and only calls
+    // signal(2), which is async-signal-safe: the command gets the default
+    // dispositions back (ignored signals would stay ignored across exec).
+    unsafe {
+        cmd.pre_exec(|| {
+            for sig in IGNORED {
+                nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl)
+                    .map_err(std::io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return refuse(&mut s, format!("cannot run {prog}: {e}")),
@@ -297,7 +336,8 @@ impl Launcher {
                 &cmsg,
                 MsgFlags::MSG_NOSIGNAL,
                 None,
-            )?;
+            )
+            .map_err(|e| gone(e.into()))?;
         }
         drop(theirs);
         drop(stdio);
@@ -319,10 +359,11 @@ impl Launcher {
         }
         let mut m = (body.len() as u32).to_be_bytes().to_vec();
         m.extend_from_slice(&body);
-        ours.write_all(&m)?;
+        ours.set_write_timeout(Some(Duration::from_secs(30)))?;
+        ours.write_all(&m).map_err(gone)?;
         ours.set_read_timeout(Some(Duration::from_secs(30)))?;
         let mut tag = [0u8; 1];
-        ours.read_exact(&mut tag)?;
+        ours.read_exact(&mut tag).map_err(gone)?;
         match tag[0] {
             b'P' => {
                 let mut pid = [0u8; 4];
@@ -358,7 +399,10 @@ impl Remote {
                 true
             }
             // The launcher is gone: nothing more will come.
-            Err(_) => true,
+            Err(e) => {
+                let _ = gone(e);
+                true
+            }
         }
     }
 

@@ -79,6 +79,9 @@ pub struct Failure {
     /// was ours (reading the message): it says nothing about whether the
     /// scanner is up.
     pub answered: bool,
+    /// The scan ran out of time (a strike, but a wedged or overloaded
+    /// scanner looks the same: see the daemon's scanner health).
+    pub timed_out: bool,
     /// What happened, for the log (already sanitized).
     pub what: String,
 }
@@ -90,17 +93,37 @@ impl Failure {
         Failure {
             strike: false,
             answered: false,
+            timed_out: false,
             what: what.into(),
         }
     }
 
-    /// A timeout or a crash while this message was being scanned.
+    /// A crash while this message was being scanned (the scanner closed
+    /// or reset the connection without a whole reply, a command died of a
+    /// signal).
     pub fn strike(what: impl Into<String>) -> Failure {
         Failure {
             strike: true,
             answered: false,
+            timed_out: false,
             what: what.into(),
         }
+    }
+
+    /// The scan ran out of time.
+    pub fn timeout(what: impl Into<String>) -> Failure {
+        Failure {
+            strike: true,
+            answered: false,
+            timed_out: true,
+            what: what.into(),
+        }
+    }
+
+    /// A crash, not a timeout: the message's fault whatever the scanner
+    /// does afterwards (it may be dead because of it).
+    pub fn is_crash(&self) -> bool {
+        self.strike && !self.timed_out
     }
 
     /// The scanner refused this message with an error of its own (spamd's
@@ -110,6 +133,7 @@ impl Failure {
         Failure {
             strike: false,
             answered: true,
+            timed_out: false,
             what: what.into(),
         }
     }
@@ -295,7 +319,7 @@ impl Budget<'_> {
         }
         let left = self.deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(Failure::strike(format!("timed out {what}")));
+            return Err(Failure::timeout(format!("timed out {what}")));
         }
         Ok(left.min(step))
     }
