@@ -12,6 +12,7 @@
 //!   with many option combinations;
 //! * `metrics`: the daemon's metrics against `promtool check metrics` and a
 //!   real Prometheus scraping it (a `histogram_quantile` query answers);
+//! * `package`: the Debian package built, installed, checked and removed;
 //! * `postfix`: a private Postfix instance started by the harness
 //!   (`common::Instance`); held mail listed and shown by posthold and by
 //!   Postfix's own tools in the same run; released mail delivered unchanged;
@@ -44,6 +45,7 @@ mod fixtures;
 mod metrics;
 mod model;
 mod mover;
+mod package;
 mod postfix;
 mod safety_doc;
 mod scan;

@@ -416,3 +416,50 @@ fn sigterm_during_a_big_scan_exits_promptly() {
     }
     assert_eq!(s.find_all_count(), before, "nothing moved");
 }
+
+/// `Type=notify`: the daemon tells the service manager it is ready once
+/// its start-up scan of the hold queue is done (the held mail already
+/// there has been looked at).
+#[test]
+fn the_daemon_says_ready_after_the_start_up_scan() {
+    require_postfix();
+    let pf = Instance::start(false);
+    for i in 0..3 {
+        pf.send(
+            "sender@posthold.test",
+            &["user@posthold.test"],
+            format!("Subject: HOLD token early{i}\n\nno due date\n").as_bytes(),
+        );
+    }
+    pf.wait_held(3);
+    let sock = pf.dir.path().join("notify.sock");
+    let listener = std::os::unix::net::UnixDatagram::bind(&sock).unwrap();
+    // The daemon says it after dropping root, as systemd's socket allows.
+    std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    listener
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let log = pf.dir.path().join("notify-watch.log");
+    let mut c = pf.posthold("watch");
+    c.args(["--scan-interval", "5s"])
+        .env("NOTIFY_SOCKET", &sock)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut child = c.spawn().unwrap();
+    let mut buf = [0u8; 4096];
+    let got = listener.recv(&mut buf);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap_or(text);
+    let n = got.unwrap_or_else(|e| panic!("no notification: {e}\n{text}"));
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.contains("READY=1"), "{msg}");
+    assert!(text.contains("ready: start-up scan done"), "{text}");
+    // The three held messages were taken by the parsers before it said so.
+    let ready_at = text.find("ready: start-up scan done").unwrap();
+    assert!(text[..ready_at].contains("starting:"), "{text}");
+}

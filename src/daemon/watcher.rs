@@ -45,6 +45,22 @@ pub fn scan_hold(cfg: &Config, tx: &Sender<Work>, stop: &AtomicBool) -> bool {
     true
 }
 
+/// After the start-up scan (every held message handed to the parsers,
+/// and taken by them), tells the service manager that the daemon is
+/// ready (`Type=notify`; nothing happens without `NOTIFY_SOCKET`).
+fn tell_ready(tx: &Sender<Work>, stop: &AtomicBool, log: &Logger) {
+    while !tx.is_empty() && !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    log.log("ready: start-up scan done, watching hold");
+    if let Err(e) = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("watching hold"),
+    ]) {
+        log.log(&format!("warning: sd_notify: {e}"));
+    }
+}
+
 /// Starts the watcher thread.
 pub fn spawn(
     cfg: &Config,
@@ -100,6 +116,7 @@ pub fn watcher(
         }
     }
     let mut next_scan = Instant::now();
+    let mut ready = false;
     rescan.store(true, Ordering::Relaxed);
     while !stop.load(Ordering::Relaxed) {
         if rescan.swap(false, Ordering::Relaxed) || Instant::now() >= next_scan {
@@ -107,6 +124,10 @@ pub fn watcher(
                 return;
             }
             next_scan = Instant::now() + interval;
+            if !ready {
+                ready = true;
+                tell_ready(&tx, &stop, &log);
+            }
         }
         let mut fds = [PollFd::new(ino.as_fd(), PollFlags::POLLIN)];
         let _ = poll(&mut fds, PollTimeout::from(250u16));
