@@ -731,6 +731,15 @@ fn native_clients_fail_closed_on_misbehaving_servers() {
         ("spamd", Fake::Close, "without a reply"),
         ("spamd", Fake::Hang, "timed out"),
         ("spamd", Fake::Flood, "reply longer than"),
+        ("rspamd", Fake::Reply(b"garbage\r\n\r\n"), "not an HTTP reply"),
+        ("rspamd", Fake::Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{\"action\""), "truncated reply"),
+        ("rspamd", Fake::Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"), "bad JSON"),
+        ("rspamd", Fake::Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 52\r\n\r\n{\"action\":\"maybe\",\"score\":1.0,\"required_score\":15.0}"), "unknown action"),
+        ("rspamd", Fake::Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}HTTP/1.1 200 OK\r\n"), "data after the reply"),
+        ("rspamd", Fake::Reply(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 5\r\n\r\nerror"), "rspamd: HTTP/1.1 500"),
+        ("rspamd", Fake::Close, "without a reply"),
+        ("rspamd", Fake::Hang, "timed out"),
+        ("rspamd", Fake::Flood, "reply longer than"),
     ];
     for (i, (kind, how, want)) in cases.iter().enumerate() {
         let sock = pf.dir.path().join(format!("fake{i}.sock"));
@@ -1464,4 +1473,158 @@ fn a_message_that_kills_its_scanner_is_poison_and_others_pass() {
         log.contains("reason=poison, scanner=clamd, strikes=2"),
         "{log}"
     );
+}
+
+/// Debian's rspamd on 127.0.0.1:`port`, offline (DNS to a closed port),
+/// with a private configuration: only the normal worker, no controller or
+/// proxy, logs in `dir`.
+fn start_rspamd(dir: &Path, port: u16) -> Server {
+    let conf = dir.join("rspamd");
+    let local = conf.join("local.d");
+    for d in [
+        &local,
+        &conf.join("override.d"),
+        &conf.join("db"),
+        &conf.join("run"),
+    ] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let log = dir.join("rspamd.log");
+    for (f, text) in [
+        (
+            "worker-normal.inc",
+            format!("bind_socket = \"127.0.0.1:{port}\";\ncount = 1;\n"),
+        ),
+        ("worker-controller.inc", "enabled = false;\n".into()),
+        ("worker-proxy.inc", "enabled = false;\n".into()),
+        ("worker-fuzzy.inc", "enabled = false;\n".into()),
+        (
+            "logging.inc",
+            format!(
+                "type = \"file\";\nfilename = \"{}\";\nlevel = \"warning\";\n",
+                log.display()
+            ),
+        ),
+        (
+            "options.inc",
+            "dns { nameserver = [\"127.0.0.1:1\"]; timeout = 0.1s; retransmits = 1; }\n".into(),
+        ),
+    ] {
+        std::fs::write(local.join(f), text).unwrap();
+    }
+    let var = |k: &str, v: &Path| format!("--var={k}={}", v.display());
+    let child = Command::new("/usr/bin/rspamd")
+        .args([
+            "-f",
+            "-i",
+            "-u",
+            "root",
+            "-g",
+            "root",
+            "-c",
+            "/etc/rspamd/rspamd.conf",
+        ])
+        .arg(var("LOCAL_CONFDIR", &conf))
+        .arg(var("DBDIR", &conf.join("db")))
+        .arg(var("RUNDIR", &conf.join("run")))
+        .arg(var("LOGDIR", dir))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("rspamd.err")).unwrap())
+        .process_group(0)
+        .spawn()
+        .expect("rspamd (apt-get install rspamd)");
+    let s = Server { child, log };
+    let addr = format!("127.0.0.1:{port}");
+    wait_connect(
+        "rspamd",
+        || {
+            std::net::TcpStream::connect(&addr)
+                .and_then(|mut c| {
+                    c.set_read_timeout(Some(Duration::from_secs(2)))?;
+                    c.write_all(b"GET /ping HTTP/1.0\r\n\r\n")?;
+                    let mut r = String::new();
+                    c.read_to_string(&mut r)?;
+                    Ok(r.contains("pong"))
+                })
+                .unwrap_or(false)
+        },
+        &s.log,
+    );
+    s
+}
+
+/// rspamd end to end on the real Postfix: GTUBE is quarantined (rspamd's
+/// reject), clean mail is delivered; with rspamd stopped mail stays held
+/// (and rspamd is down, told once), and rspamd back releases it.
+#[test]
+fn rspamd_quarantines_gtube_and_holds_mail_while_it_is_down() {
+    require_postfix();
+    let pf = Instance::start(false);
+    let port = free_port();
+    let rspamd = start_rspamd(pf.dir.path(), port);
+    let rules = pf.dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        format!(
+            "[scanner.rspamd]\ntype = \"rspamd\"\naddress = \"127.0.0.1:{port}\"\ntimeout = \"10s\"\nretry = \"1s\"\nretry_max = \"2s\"\n\
+             [[rule]]\nname = \"spam\"\nscan = \"rspamd\"\nrspamd_action = [\"reject\"]\naction = \"quarantine\"\n\
+             [[rule]]\naction = \"release\"\n"
+        ),
+    )
+    .unwrap();
+    // posthold scan says what rspamd says.
+    pf.send(
+        "alice@posthold.test",
+        &["bob@posthold.test"],
+        &message("gtube", GTUBE),
+    );
+    let id = pf.wait_held(1)[0].clone();
+    let out = run(pf
+        .posthold("scan")
+        .arg("--rules")
+        .arg(&rules)
+        .args(["--scanner", "rspamd"])
+        .arg(&id));
+    let text = expect_exit(&out, 0);
+    assert!(text.contains("action=reject"), "{text}");
+    let daemon = Daemon::start(&pf, &["--rules", rules.to_str().unwrap()]);
+    pf.send(
+        "alice@posthold.test",
+        &["bob@posthold.test"],
+        &message("clean", "See you at noon."),
+    );
+    wait_until(
+        Instant::now() + Duration::from_secs(60),
+        "gtube quarantined, clean delivered",
+        || {
+            tokens_in(&pf, "posthold-quarantine") == set(&["gtube"])
+                && delivered_tokens(&pf) == set(&["clean"])
+        },
+    );
+    // rspamd stops: new mail stays held.
+    drop(rspamd);
+    pf.send(
+        "alice@posthold.test",
+        &["bob@posthold.test"],
+        &message("waiting", "Lunch tomorrow?"),
+    );
+    wait_until(
+        Instant::now() + Duration::from_secs(30),
+        "rspamd down",
+        || daemon.log().contains("scanner=rspamd: down"),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(tokens_in(&pf, "hold"), set(&["waiting"]));
+    assert_eq!(delivered_tokens(&pf), set(&["clean"]));
+    // rspamd back: the held mail is scanned and released.
+    let _rspamd = start_rspamd(pf.dir.path(), port);
+    wait_until(
+        Instant::now() + Duration::from_secs(60),
+        "waiting delivered",
+        || delivered_tokens(&pf) == set(&["clean", "waiting"]),
+    );
+    let (_, log) = daemon.term();
+    assert!(log.contains("scanner=rspamd, action=reject"), "{log}");
+    assert!(log.contains("scanner=rspamd: up again"), "{log}");
 }

@@ -40,6 +40,7 @@ pub fn run(r: &Rules, out: &mut dyn Write) -> Result<i32, Fatal> {
                         ),
                         ScannerKind::Clamd { address, chunk } =>
                             format!("clamd {address} chunk={chunk}"),
+                        ScannerKind::Rspamd { address } => format!("rspamd {address}"),
                     },
                     sc.timeout.as_secs(),
                     sc.concurrency,

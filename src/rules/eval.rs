@@ -37,12 +37,14 @@ pub struct Rule {
 pub(super) enum ScanCond {
     /// Command: one of these exit codes.
     Exit(Vec<i32>),
-    /// spamd: its verdict, a score range, a rule that hit.
+    /// spamd or rspamd: its verdict (score at or above the threshold), a
+    /// score range, a rule that hit; for rspamd also its action.
     Spam {
         spam: Option<bool>,
         min: Option<f64>,
         max: Option<f64>,
         symbol: Option<Regex>,
+        action: Option<Vec<String>>,
     },
     /// clamd: infected or clean, a signature name.
     Virus {
@@ -61,6 +63,7 @@ impl ScanCond {
                     min,
                     max,
                     symbol,
+                    action: None,
                 },
                 Answer::Spam {
                     spam: is_spam,
@@ -75,6 +78,29 @@ impl ScanCond {
                     && symbol
                         .as_ref()
                         .is_none_or(|re| symbols.iter().any(|s| re.is_match(s)))
+            }
+            (
+                ScanCond::Spam {
+                    spam,
+                    min,
+                    max,
+                    symbol,
+                    action: wanted,
+                },
+                Answer::Rspamd {
+                    action,
+                    score,
+                    required,
+                    symbols,
+                },
+            ) => {
+                spam.is_none_or(|s| s == (*score >= *required))
+                    && min.is_none_or(|m| *score >= m)
+                    && max.is_none_or(|m| *score < m)
+                    && symbol
+                        .as_ref()
+                        .is_none_or(|re| symbols.iter().any(|s| re.is_match(s)))
+                    && wanted.as_ref().is_none_or(|w| w.contains(action))
             }
             (ScanCond::Virus { infected, name }, Answer::Virus(v)) => {
                 infected.is_none_or(|i| i == v.is_some())

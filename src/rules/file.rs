@@ -51,6 +51,7 @@ struct FileRule {
     max_score: Option<f64>,
     symbol: Option<String>,
     infected: Option<bool>,
+    rspamd_action: Option<Vec<String>>,
     virus: Option<String>,
 }
 
@@ -234,7 +235,27 @@ fn parse_scanner(name: &str, f: &FileScanner) -> Result<Scanner, String> {
                 chunk: chunk as usize,
             }
         }
-        k => return Err(ctx("type", &format!("{k:?} (command, spamd or clamd)"))),
+        "rspamd" => {
+            for (field, set) in [
+                ("argv", f.argv.is_some()),
+                ("env", f.env.is_some()),
+                ("output_cap", f.output_cap.is_some()),
+                ("chunk", f.chunk.is_some()),
+                ("command", f.command.is_some()),
+                ("user", f.user.is_some()),
+            ] {
+                not_for(field, set)?;
+            }
+            ScannerKind::Rspamd {
+                address: address()?,
+            }
+        }
+        k => {
+            return Err(ctx(
+                "type",
+                &format!("{k:?} (command, spamd, rspamd or clamd)"),
+            ));
+        }
     };
     let max_size = size(&f.max_size, "max_size")?.or(match kind {
         // clamd's stream limit as Debian configures it (StreamMaxLength 25M).
@@ -270,7 +291,9 @@ fn parse_scanner(name: &str, f: &FileScanner) -> Result<Scanner, String> {
             "timeout",
             match kind {
                 ScannerKind::Command { .. } => 60,
-                ScannerKind::Spamd { .. } => 310,
+                // rspamd's task_timeout is 8 s, but a Lua plugin or a
+                // lookup may hold a task longer.
+                ScannerKind::Spamd { .. } | ScannerKind::Rspamd { .. } => 310,
                 ScannerKind::Clamd { .. } => 130,
             },
         )?,
@@ -305,9 +328,10 @@ fn scan_cond(r: &FileRule, scanners: &mut [Scanner]) -> Result<Option<(usize, Sc
             || r.max_score.is_some()
             || r.symbol.is_some()
             || r.infected.is_some()
-            || r.virus.is_some();
+            || r.virus.is_some()
+            || r.rspamd_action.is_some();
         return if set {
-            Err("exit, spam, min_score, max_score, symbol, infected and virus need scan".into())
+            Err("exit, spam, min_score, max_score, symbol, rspamd_action, infected and virus need scan".into())
         } else {
             Ok(None)
         };
@@ -323,6 +347,9 @@ fn scan_cond(r: &FileRule, scanners: &mut [Scanner]) -> Result<Option<(usize, Sc
     };
     let spamd_only =
         r.spam.is_some() || r.min_score.is_some() || r.max_score.is_some() || r.symbol.is_some();
+    if r.rspamd_action.is_some() && !matches!(scanners[i].kind, ScannerKind::Rspamd { .. }) {
+        return Err(format!("rspamd_action: scanner {name} is not rspamd"));
+    }
     let clamd_only = r.infected.is_some() || r.virus.is_some();
     let cond = match &mut scanners[i].kind {
         ScannerKind::Command { named, .. } => {
@@ -373,6 +400,45 @@ fn scan_cond(r: &FileRule, scanners: &mut [Scanner]) -> Result<Option<(usize, Sc
                 min: r.min_score,
                 max: r.max_score,
                 symbol: re(&r.symbol, "symbol")?,
+                action: None,
+            }
+        }
+        ScannerKind::Rspamd { .. } => {
+            if r.exit.is_some() || clamd_only {
+                return Err(format!(
+                    "scan: {name} is rspamd: use rspamd_action, spam, min_score, max_score, symbol"
+                ));
+            }
+            if [r.min_score, r.max_score]
+                .iter()
+                .flatten()
+                .any(|v| !v.is_finite())
+            {
+                return Err("min_score/max_score: not a number".into());
+            }
+            if let Some(a) = r
+                .rspamd_action
+                .iter()
+                .flatten()
+                .find(|a| !crate::scan::rspamd::ACTIONS.contains(&a.as_str()))
+            {
+                return Err(format!(
+                    "rspamd_action: {a:?} (one of {})",
+                    crate::scan::rspamd::ACTIONS.join(", ")
+                ));
+            }
+            // No condition: rspamd's own verdict, reject.
+            let any = spamd_only || r.rspamd_action.is_some();
+            ScanCond::Spam {
+                spam: r.spam,
+                min: r.min_score,
+                max: r.max_score,
+                symbol: re(&r.symbol, "symbol")?,
+                action: if any {
+                    r.rspamd_action.clone()
+                } else {
+                    Some(vec!["reject".into()])
+                },
             }
         }
         ScannerKind::Clamd { .. } => {

@@ -18,6 +18,7 @@ pub mod clamd;
 pub mod command;
 pub mod launcher;
 pub mod net;
+pub mod rspamd;
 pub mod spamd;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +43,17 @@ pub enum Answer {
         /// Rule names that hit (SYMBOLS only).
         symbols: Vec<String>,
     },
+    /// rspamd's answer.
+    Rspamd {
+        /// rspamd's action (`reject`, `add header`, `no action`, ...).
+        action: String,
+        /// The score.
+        score: f64,
+        /// The score of its reject action.
+        required: f64,
+        /// Symbols that hit.
+        symbols: Vec<String>,
+    },
     /// clamd's answer: the signature found, or `None` when clean.
     Virus(Option<String>),
     /// Larger than the scanner's `max_size`: not scanned (bytes).
@@ -62,6 +74,12 @@ impl Answer {
                 "{}, score={score}/{threshold}",
                 if *spam { "spam" } else { "ham" }
             ),
+            Answer::Rspamd {
+                action,
+                score,
+                required,
+                ..
+            } => format!("action={action}, score={score}/{required}"),
             Answer::Virus(None) => "clean".into(),
             Answer::Virus(Some(v)) => format!("infected, virus={}", sanitize(v.as_bytes(), 120)),
             Answer::Oversize(n) => format!("oversize, size={n}"),
@@ -200,6 +218,11 @@ pub enum ScannerKind {
         /// The `User:` header (spamd's per-user settings).
         user: Option<String>,
     },
+    /// rspamd, its HTTP protocol (`/checkv2`).
+    Rspamd {
+        /// Where rspamd's normal worker listens.
+        address: Address,
+    },
     /// clamd, INSTREAM.
     Clamd {
         /// Where clamd listens.
@@ -253,7 +276,9 @@ impl Scanner {
         // One read of the content for its length, when a limit or the
         // protocol (spamd's Content-length) needs it.
         let len = match (&self.kind, self.max_size) {
-            (ScannerKind::Spamd { .. }, _) | (_, Some(_)) => Some(msg.content_len()?),
+            (ScannerKind::Spamd { .. } | ScannerKind::Rspamd { .. }, _) | (_, Some(_)) => {
+                Some(msg.content_len()?)
+            }
             _ => None,
         };
         if let (Some(n), Some(max)) = (len, self.max_size)
@@ -276,6 +301,9 @@ impl Scanner {
                 len.unwrap_or_default(),
                 &budget,
             ),
+            ScannerKind::Rspamd { address } => {
+                rspamd::check(self, address, msg, len.unwrap_or_default(), &budget)
+            }
             ScannerKind::Clamd { address, chunk } => {
                 clamd::instream(self, address, *chunk, msg, &budget)
             }
@@ -288,7 +316,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Scanner {
     /// Asks a network scanner whether it answers at all (spamd and clamd
-    /// `PING`); `None` for a command, which has no such question.
+    /// `PING`, rspamd `/ping`); `None` for a command, which has no such question.
     pub fn probe(&self, stop: &AtomicBool) -> Option<Result<(), Failure>> {
         let budget = Budget {
             deadline: Instant::now() + self.timeout.min(PROBE_TIMEOUT),
@@ -298,6 +326,7 @@ impl Scanner {
             ScannerKind::Command { .. } => None,
             ScannerKind::Spamd { address, .. } => Some(spamd::ping(self, address, &budget)),
             ScannerKind::Clamd { address, .. } => Some(clamd::ping(self, address, &budget)),
+            ScannerKind::Rspamd { address } => Some(rspamd::ping(self, address, &budget)),
         }
     }
 }
