@@ -3,6 +3,7 @@
 //! postcat, in the same run, on the same spool.
 
 use crate::common::*;
+use std::time::{Duration, Instant};
 
 fn messages() -> Vec<(&'static str, Vec<&'static str>, Vec<u8>)> {
     let long_line = "x".repeat(5000);
@@ -330,4 +331,151 @@ fn old_held_mail_released_through_maildrop_does_not_bounce() {
         "requeued message expired:\n{}",
         pf.maillog()
     );
+}
+
+/// Postfix's conventions: `-c CONFIG_DIR` before the subcommand, as
+/// `postsuper -c` takes it; `MAIL_CONFIG` without `-c`; queue IDs as mailq
+/// prints them (`ID!` on hold, `ID*` active) on standard input.
+#[test]
+fn config_dir_first_mail_config_and_mailq_markers() {
+    require_postfix();
+    let pf = Instance::start(false);
+    for t in ["one", "two"] {
+        pf.send(
+            "alice@posthold.test",
+            &["bob@posthold.test"],
+            format!("Subject: HOLD token {t}\n\nbody\n").as_bytes(),
+        );
+    }
+    let ids = pf.wait_held(2);
+    let after = run(pf.posthold("list").args(["--json", "hold"]));
+    expect_exit(&after, 0);
+    assert!(!after.stdout.is_empty());
+    let before = run(posthold()
+        .arg("-c")
+        .arg(pf.etc())
+        .args(["list", "--json", "hold"]));
+    expect_exit(&before, 0);
+    assert_eq!(before.stdout, after.stdout);
+    let env = run(posthold()
+        .env("MAIL_CONFIG", pf.etc())
+        .args(["list", "--json", "hold"]));
+    expect_exit(&env, 0);
+    assert_eq!(env.stdout, after.stdout);
+    // IDs with mailq's markers, on stdin, -c first.
+    let mut c = posthold();
+    c.arg("-c")
+        .arg(pf.etc())
+        .args(["release", "--to", "deferred", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{}!\n{}*", ids[0], ids[1]).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = expect_exit(&out, 0);
+    for id in &ids {
+        assert!(text.contains(&format!("{id}: ")), "{text}");
+    }
+    assert!(pf.held().is_empty(), "{text}");
+}
+
+/// `posthold list` prints what `postqueue -p` prints, byte for byte: the
+/// heading, held (`!`), deferred (with their defer reasons) and active
+/// (`*`) mail, blank lines between messages, the total; and "Mail queue is
+/// empty". Short and long queue IDs.
+#[test]
+fn list_text_equals_postqueue_p_with_hold_deferred_and_active_mail() {
+    require_postfix();
+    for long_ids in [false, true] {
+        let pf = Instance::start(long_ids);
+        let same = |what: &str| {
+            let want = run(pf.tool("postqueue").arg("-p"));
+            assert!(want.status.success(), "postqueue -p");
+            let got = run(pf.posthold("list"));
+            expect_exit(&got, 0);
+            assert!(
+                got.stdout == want.stdout,
+                "{what} (long ids {long_ids}): {}\n--- posthold:\n{}--- postqueue -p:\n{}",
+                first_difference(&got.stdout, &want.stdout),
+                String::from_utf8_lossy(&got.stdout),
+                String::from_utf8_lossy(&want.stdout)
+            );
+        };
+        same("empty");
+        pf.send(
+            "alice@posthold.test",
+            &["bob@posthold.test", "carol@posthold.test"],
+            b"Subject: HOLD one\n\nbody\n",
+        );
+        pf.send(
+            "",
+            &["bob@posthold.test"],
+            b"Subject: HOLD bounce-like\n\nbody\n",
+        );
+        pf.send(
+            "alice@posthold.test",
+            &["x@defer.test", "y@sub.defer.test"],
+            b"Subject: deferred one\n\nbody\n",
+        );
+        pf.send(
+            "dave@posthold.test",
+            &["z@defer.test"],
+            &[
+                b"Subject: deferred two\n\n".as_slice(),
+                &b"a long body line\n".repeat(400),
+            ]
+            .concat(),
+        );
+        pf.wait_held(2);
+        let deferred = || -> Vec<String> {
+            let out = run(pf.tool("postqueue").arg("-j"));
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| {
+                    l.contains("\"queue_name\": \"deferred\"") && l.contains("delay_reason")
+                })
+                .map(|l| {
+                    l.split("\"queue_id\": \"")
+                        .nth(1)
+                        .unwrap()
+                        .split('"')
+                        .next()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect()
+        };
+        wait_until(
+            Instant::now() + Duration::from_secs(60),
+            "two deferred",
+            || deferred().len() == 2,
+        );
+        same("hold and deferred");
+        // One deferred message in active, as qmgr has it while delivering
+        // (qmgr only scans active at start: it stays there for the test).
+        let id = deferred()[0].clone();
+        let from = walk_find(&pf.queue().join("deferred"), &id).expect("deferred file");
+        std::fs::rename(&from, pf.queue().join("active").join(&id)).unwrap();
+        same("hold, deferred and active");
+    }
+}
+
+/// The path of the queue file named `id` below `dir` (hash directories).
+fn walk_find(dir: &std::path::Path, id: &str) -> Option<std::path::PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if let Some(f) = walk_find(&p, id) {
+                return Some(f);
+            }
+        } else if e.file_name() == id {
+            return Some(p);
+        }
+    }
+    None
 }

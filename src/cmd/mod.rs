@@ -304,9 +304,20 @@ struct ListArgs {
     queues: Vec<String>,
 }
 
+/// `posthold -c CONFIG_DIR SUBCOMMAND ...`, as Postfix's commands take
+/// `-c` first, is `posthold SUBCOMMAND -c CONFIG_DIR ...`.
+fn config_first(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    if args.len() >= 4 && args[1] == "-c" {
+        let (c, dir) = (args.remove(1), args.remove(1));
+        args.insert(2, c);
+        args.insert(3, dir);
+    }
+    args
+}
+
 /// Parses `args`, runs the command, and returns the exit status.
 pub fn main_with_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
-    let cli = match Cli::try_parse_from(args) {
+    let cli = match Cli::try_parse_from(config_first(args.into_iter().collect())) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();

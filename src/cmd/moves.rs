@@ -51,13 +51,19 @@ pub fn read_targets(args: &[String]) -> Result<Option<Vec<String>>, Fatal> {
         if a == "-" {
             for line in std::io::stdin().lock().lines() {
                 let line = line.map_err(|e| Fatal::config(format!("stdin: {e}")))?;
-                ids.extend(line.split_whitespace().map(str::to_string));
+                ids.extend(line.split_whitespace().map(unmark));
             }
         } else {
-            ids.push(a.clone());
+            ids.push(unmark(a));
         }
     }
     Ok(Some(ids))
+}
+
+/// A queue ID as mailq shows it, without its status marker (`*` active,
+/// `!` on hold): `mailq | awk '{print $1}'` gives IDs posthold takes.
+fn unmark(id: &str) -> String {
+    id.strip_suffix(['*', '!']).unwrap_or(id).to_string()
 }
 
 fn print(out: &mut dyn Write, o: &Outcome, action: &str, json: bool) -> std::io::Result<()> {

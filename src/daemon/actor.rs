@@ -127,7 +127,12 @@ impl Actor {
         {
             let mut m = self.metrics.lock().expect("BUG: metrics lock poisoned");
             if o.done() {
-                if let Some(due) = d.due {
+                // Lateness is posthold's: only for a due time that came
+                // while the daemon ran and after the message was committed
+                // (not a sender's date already past, not downtime).
+                if let Some(due) = d.due
+                    && due * 1_000_000 >= m.started_us.max(d.committed_us)
+                {
                     m.record_lateness((now_ms() - due * 1000).max(0) as u64 * 1000);
                 }
                 *m.actions

@@ -226,7 +226,7 @@ fn process_metrics(reg: &mut Registry) {
         .flatten()
         .unwrap_or(4096) as f64;
     // utime 14, stime 15, starttime 22, vsize 23, rss 24 (1-based in
-    // proc(5); here 2 less: state is field 3).
+    // proc(5); here 3 less: index 0 is field 3, the state).
     let cpu = Counter::<f64, std::sync::atomic::AtomicU64>::default();
     cpu.inc_by((num(11) + num(12)) / tick);
     reg.register(
@@ -234,15 +234,12 @@ fn process_metrics(reg: &mut Registry) {
         "Total user and system CPU time spent in seconds",
         cpu,
     );
-    let btime = std::fs::read_to_string("/proc/stat")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("btime ")
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-            })
-        })
+    // Boot time from the clocks (/proc/stat is hidden by ProcSubset=pid):
+    // now - time since boot.
+    let since_boot = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
         .unwrap_or(0.0);
+    let btime = crate::util::now_ms() as f64 / 1000.0 - since_boot;
     let gauge = |v: f64| {
         let g = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         g.set(v);
@@ -288,8 +285,25 @@ fn int_gauge(v: i64) -> Gauge {
     g
 }
 
+/// What a scrape reads outside the daemon's lock: the spool walk and
+/// this process's own figures.
+pub struct Outside {
+    ages: Vec<(&'static str, Vec<u64>)>,
+    process: Registry,
+}
+
+/// Reads what a scrape needs from the spool and /proc (no lock held).
+pub fn outside(cfg: &Config, now: i64) -> Outside {
+    let mut process = Registry::default();
+    process_metrics(&mut process);
+    Outside {
+        ages: ages(cfg, now),
+        process,
+    }
+}
+
 /// The metrics text (OpenMetrics text, as `prometheus-client` writes it).
-pub fn render(cfg: &Config, shared: &Shared, now: i64) -> String {
+pub fn render(out: Outside, shared: &Shared) -> String {
     let mut reg = Registry::default();
     let info = Family::<Labels, Gauge>::default();
     info.get_or_create(&labels(&[("version", env!("CARGO_PKG_VERSION"))]))
@@ -299,7 +313,7 @@ pub fn render(cfg: &Config, shared: &Shared, now: i64) -> String {
     let age = Family::<Labels, Histogram>::new_with_constructor(|| {
         Histogram::new(AGE_BUCKETS.iter().map(|b| *b as f64))
     });
-    for (queue, ages) in ages(cfg, now) {
+    for (queue, ages) in out.ages {
         let l = labels(&[("queue", queue)]);
         depth.get_or_create(&l).set(ages.len() as i64);
         let h = age.get_or_create(&l);
@@ -406,10 +420,17 @@ pub fn render(cfg: &Config, shared: &Shared, now: i64) -> String {
         "Time a scan took, by scanner",
         shared.scan_duration.clone(),
     );
-    process_metrics(&mut reg);
     let mut s = String::new();
     if encode(&mut s, &reg).is_err() {
         s.clear();
+    }
+    // The process's figures: the same text format, before the end mark.
+    let mut p = String::new();
+    if encode(&mut p, &out.process).is_ok()
+        && let Some(body) = p.strip_suffix("# EOF\n")
+        && let Some(head) = s.strip_suffix("# EOF\n")
+    {
+        s = format!("{head}{body}# EOF\n");
     }
     s
 }
@@ -454,44 +475,60 @@ pub fn classic_text(om: &str) -> String {
     out
 }
 
-/// Connections served at once; more wait in the listen backlog.
+/// Connections served at once; more are answered 503 at once (so that
+/// idle connections cannot fill the listen backlog).
 pub const MAX_CLIENTS: usize = 8;
 /// The whole request (head) must arrive within this time.
-pub const REQUEST_TIME: Duration = Duration::from_secs(5);
+pub const REQUEST_TIME: Duration = Duration::from_secs(2);
 /// The longest request head read.
 pub const REQUEST_BYTES: usize = 8192;
 
 /// Reads a request head within the limits; `None` if it is too slow, too
 /// long or cut short.
-fn read_head(c: &mut TcpStream) -> Option<Vec<u8>> {
+fn read_head(c: &mut TcpStream) -> Result<Vec<u8>, &'static str> {
     let deadline = Instant::now() + REQUEST_TIME;
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+    loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || head.len() > REQUEST_BYTES {
-            return None;
+        if left.is_zero() {
+            return Err("408 Request Timeout");
         }
-        c.set_read_timeout(Some(left)).ok()?;
-        match c.read(&mut buf) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
+        c.set_read_timeout(Some(left))
+            .map_err(|_| "400 Bad Request")?;
+        let n = match c.read(&mut buf) {
+            Ok(0) | Err(_) => return Err("408 Request Timeout"),
+            Ok(n) => n,
+        };
+        // Only the new bytes (and three before them) can end the head.
+        let from = head.len().saturating_sub(3);
+        head.extend_from_slice(&buf[..n]);
+        let tail = &head[from..];
+        if tail.windows(4).any(|w| w == b"\r\n\r\n") || tail.windows(2).any(|w| w == b"\n\n") {
+            return Ok(head);
+        }
+        if head.len() > REQUEST_BYTES {
+            return Err("431 Request Header Fields Too Large");
         }
     }
-    Some(head)
 }
 
 fn serve_one(mut c: TcpStream, cfg: &Config, shared: &Mutex<Shared>) {
     let _ = c.set_write_timeout(Some(REQUEST_TIME));
-    let Some(head) = read_head(&mut c) else {
-        let _ = c.write_all(b"HTTP/1.0 408 Request Timeout\r\nContent-Length: 0\r\n\r\n");
-        return;
+    let head = match read_head(&mut c) {
+        Ok(h) => h,
+        Err(status) => {
+            let _ = write!(c, "HTTP/1.0 {status}\r\nContent-Length: 0\r\n\r\n");
+            return;
+        }
     };
     let now = crate::util::now();
     let resp = if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?") {
-        let body = {
-            let g = shared.lock().expect("BUG: metrics lock poisoned");
-            render(cfg, &g, now)
+        // The spool walk and /proc first, without the daemon's lock.
+        let out = outside(cfg, now);
+        let body = match shared.lock() {
+            Ok(g) => render(out, &g),
+            Err(_) => return,
         };
         // OpenMetrics to those who ask for it (Prometheus does), the
         // classic text format to everyone else (promtool, curl, status).
@@ -534,24 +571,46 @@ pub fn serve(
     let busy = Arc::new(AtomicUsize::new(0));
     Ok(std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
-            if busy.load(Ordering::Acquire) >= MAX_CLIENTS {
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
-            }
             match l.accept() {
-                Ok((c, _)) => {
+                Ok((mut c, _)) => {
                     let _ = c.set_nonblocking(false);
-                    busy.fetch_add(1, Ordering::AcqRel);
-                    let (cfg, shared, busy) = (cfg.clone(), Arc::clone(&shared), Arc::clone(&busy));
-                    std::thread::spawn(move || {
-                        serve_one(c, &cfg, &shared);
-                        busy.fetch_sub(1, Ordering::AcqRel);
-                    });
+                    if busy.load(Ordering::Acquire) >= MAX_CLIENTS {
+                        let _ = c.set_write_timeout(Some(Duration::from_millis(100)));
+                        let _ = c.write_all(
+                            b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+                        );
+                        continue;
+                    }
+                    let slot = Slot::take(&busy);
+                    let (cfg, shared) = (cfg.clone(), Arc::clone(&shared));
+                    let _ = std::thread::Builder::new()
+                        .name("metrics".into())
+                        .spawn(move || {
+                            let _slot = slot; // given back however the thread ends
+                            serve_one(c, &cfg, &shared);
+                        });
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
         }
     }))
+}
+
+/// One of the [`MAX_CLIENTS`] connection slots, given back on drop (a
+/// panic included).
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(busy: &Arc<AtomicUsize>) -> Slot {
+        busy.fetch_add(1, Ordering::AcqRel);
+        Slot(Arc::clone(busy))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Fetches the metrics text from a running daemon.

@@ -355,6 +355,12 @@ impl Scheduler {
     pub fn reload(&mut self) {
         self.entries.clear();
         self.heap.clear();
+        // The rescan decides every held message again: as at start, those
+        // decisions are not commit-to-decision latencies.
+        self.metrics
+            .lock()
+            .expect("BUG: metrics lock poisoned")
+            .started_us = crate::util::now_ms() * 1000;
         (
             self.scheduled,
             self.bad,

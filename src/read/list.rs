@@ -469,31 +469,80 @@ pub fn to_json(m: &Message, utf8: bool, extra: bool) -> String {
     s
 }
 
-/// A mailq-like line block for one message.
-pub fn to_text(m: &Message) -> String {
+/// mailq's column layout: short or long queue IDs (`enable_long_queue_ids`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Columns {
+    /// 11 columns of ID, 7 of size, 20 of date.
+    Short,
+    /// 17 columns of ID, 8 of size, 19 of date.
+    Long,
+}
+
+impl Columns {
+    /// The heading line, as `postqueue -p` prints it.
+    pub fn heading(self) -> &'static str {
+        match self {
+            Columns::Short => {
+                "-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------\n"
+            }
+            Columns::Long => {
+                "----Queue ID----- --Size-- ---Arrival Time---- --Sender/Recipient------\n"
+            }
+        }
+    }
+
+    /// The indent of a recipient line.
+    fn indent(self) -> usize {
+        match self {
+            Columns::Short => 11 + 1 + 7 + 1 + 20 + 1,
+            Columns::Long => 17 + 1 + 8 + 1 + 19 + 1,
+        }
+    }
+}
+
+/// One message as `postqueue -p` (mailq) shows it: the ID with its status
+/// marks (`*` active, `!` on hold, `#` marked for return), the size, the
+/// arrival time as asctime(3) gives it (cut to the column), the sender;
+/// then each recipient, preceded by its defer reason when that differs
+/// from the previous recipient's (right-aligned to column 78, or "reason
+/// unavailable" when a reason goes away).
+pub fn to_text(m: &Message, cols: Columns) -> String {
     let mark = match m.queue.as_str() {
         "active" => "*",
         "hold" => "!",
         _ => "",
     };
+    let id = format!("{}{mark}{}", m.id, if m.forced_expire { "#" } else { "" });
     let when = chrono::DateTime::from_timestamp(m.arrival_time, 0)
         .map(|t| {
             t.with_timezone(&chrono::Local)
-                .format("%a %b %e %H:%M:%S")
+                .format("%a %b %e %H:%M:%S %Y")
                 .to_string()
         })
         .unwrap_or_default();
-    let mut s = format!(
-        "{:<12} {:>8} {when}  {}\n",
-        format!("{}{mark}{}", m.id, if m.forced_expire { "#" } else { "" }),
-        m.message_size,
-        m.sender
-    );
+    let mut s = match cols {
+        Columns::Short => format!(
+            "{id:<11} {:>7} {when:>20.20} {}\n",
+            m.message_size, m.sender
+        ),
+        Columns::Long => format!(
+            "{id:<17} {:>8} {when:>19.19} {}\n",
+            m.message_size, m.sender
+        ),
+    };
+    let mut said = "";
     for (addr, why) in &m.recipients {
-        if !why.is_empty() {
-            s.push_str(&format!("({why})\n"));
+        if why != said {
+            said = why;
+            let show = if why.is_empty() {
+                "reason unavailable"
+            } else {
+                why.as_str()
+            };
+            let pad = 76usize.saturating_sub(show.len());
+            s.push_str(&format!("{:pad$}({show})\n", ""));
         }
-        s.push_str(&format!("{:>41}{addr}\n", ""));
+        s.push_str(&format!("{:w$}{addr}\n", "", w = cols.indent()));
     }
     s
 }
@@ -511,11 +560,37 @@ pub fn run(
         Format::JsonExtra(f) => Some(f),
         Format::Text | Format::Json => None,
     };
+    let cols = if cfg.enable_long_queue_ids {
+        Columns::Long
+    } else {
+        Columns::Short
+    };
+    // mailq's heading before the first message, a blank line between
+    // messages, the total after the last.
+    let (mut count, mut bytes) = (0u64, 0u64);
     let summary = scan(cfg, queues, due_of, |m| match format {
-        Format::Text => write!(out, "{}", to_text(&m)).map_err(write_err),
+        Format::Text => {
+            let sep = if count == 0 { cols.heading() } else { "\n" };
+            count += 1;
+            bytes += m.message_size.max(0) as u64;
+            write!(out, "{sep}{}", to_text(&m, cols)).map_err(write_err)
+        }
         Format::Json => writeln!(out, "{}", to_json(&m, utf8, false)).map_err(write_err),
         Format::JsonExtra(_) => writeln!(out, "{}", to_json(&m, utf8, true)).map_err(write_err),
     })?;
+    if matches!(format, Format::Text) {
+        if count == 0 {
+            writeln!(out, "Mail queue is empty").map_err(write_err)?;
+        } else {
+            write!(
+                out,
+                "\n-- {} Kbytes in {count} Request{}.\n",
+                bytes / 1024,
+                if count == 1 { "" } else { "s" }
+            )
+            .map_err(write_err)?;
+        }
+    }
     out.flush().map_err(write_err)?;
     if summary.not_ready + summary.not_regular + summary.illegal > 0 {
         eprintln!(

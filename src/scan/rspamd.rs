@@ -18,7 +18,9 @@ use std::collections::BTreeMap;
 use super::net::connect_to;
 use super::{Address, Answer, Budget, Failure, Message, Scanner, sanitize};
 
-/// The actions rspamd 3 defines.
+/// The actions rspamd 3 defines (`discard` and `quarantine` are its
+/// special ones). Any other (a custom action) keeps the message held: no
+/// rule could have been written for it.
 pub const ACTIONS: &[&str] = &[
     "no action",
     "greylist",
@@ -26,6 +28,8 @@ pub const ACTIONS: &[&str] = &[
     "rewrite subject",
     "soft reject",
     "reject",
+    "discard",
+    "quarantine",
 ];
 
 /// At most this many `Rcpt:` headers (rspamd uses them for per-user
@@ -37,6 +41,10 @@ struct Reply {
     action: String,
     score: f64,
     required_score: f64,
+    /// rspamd did not run its checks (settings, a plugin, or a pre-result
+    /// such as GTUBE's reject).
+    #[serde(default)]
+    is_skipped: bool,
     #[serde(default)]
     symbols: BTreeMap<String, serde_json::Value>,
 }
@@ -110,6 +118,14 @@ pub fn parse_reply(reply: &[u8]) -> Result<Answer, Failure> {
     if !r.score.is_finite() || !r.required_score.is_finite() {
         return Err(garbled("bad score"));
     }
+    // Skipped with no verdict: the message was not scanned (a rule must
+    // not release it as clean). Skipped with a verdict (a pre-result, as
+    // for GTUBE) is a verdict.
+    if r.is_skipped && r.action == "no action" {
+        return Err(Failure::answered(
+            "rspamd skipped the message (its settings or a plugin): not scanned",
+        ));
+    }
     Ok(Answer::Rspamd {
         action: r.action,
         score: r.score,
@@ -136,7 +152,9 @@ pub fn check(
         "POST /checkv2 HTTP/1.0\r\nContent-Length: {len}\r\nQueue-Id: {}\r\n",
         msg.id
     );
-    if safe(&msg.sender) {
+    if msg.sender.is_empty() {
+        head.push_str("From: <>\r\n"); // the null sender (bounces)
+    } else if safe(&msg.sender) {
         head.push_str(&format!("From: {}\r\n", msg.sender));
     }
     for r in msg.recipients.iter().filter(|r| safe(r)).take(MAX_RCPT) {
@@ -179,8 +197,9 @@ pub fn ping(sc: &Scanner, addr: &Address, b: &Budget) -> Result<(), Failure> {
     conn.send(b"GET /ping HTTP/1.0\r\n\r\n", b)?;
     let reply = conn.receive(4096, b, complete)?;
     let pong = head_of(&reply).is_some_and(|(end, _)| {
-        reply.starts_with(b"HTTP/1.")
-            && reply[..end].windows(5).any(|w| w == b" 200 ")
+        let status = reply.split(|&b| b == b'\n').next().unwrap_or_default();
+        status.starts_with(b"HTTP/1.")
+            && status.get(8..13) == Some(b" 200 ".as_slice())
             && reply[end..].trim_ascii() == b"pong"
     });
     if pong {
@@ -235,6 +254,15 @@ mod tests {
         assert!(answered(
             b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 5\r\n\r\nerror"
         ));
+        assert!(answered(&http(
+            r#"{"is_skipped":true,"action":"no action","score":0,"required_score":15}"#
+        )));
+        assert!(
+            parse_reply(&http(
+                r#"{"action":"discard","score":1,"required_score":15}"#
+            ))
+            .is_ok()
+        );
         assert!(strike(b""));
         assert!(strike(b"HTTP/1.1 200 OK\r\nContent-Le"));
         assert!(strike(
