@@ -479,3 +479,59 @@ fn walk_find(dir: &std::path::Path, id: &str) -> Option<std::path::PathBuf> {
     }
     None
 }
+
+/// The quarantine is a queue to look at: `list quarantine` (text and
+/// JSON, `queue_name` "quarantine") shows what is there, `cat -q` finds
+/// it, and plain `list` stays what `postqueue -p` shows.
+#[test]
+fn the_quarantine_is_listed_and_shown() {
+    require_postfix();
+    let pf = Instance::start(false);
+    for t in ["kept", "bad"] {
+        pf.send(
+            "alice@posthold.test",
+            &["bob@posthold.test"],
+            format!("Subject: HOLD token {t}\n\nbody {t}\n").as_bytes(),
+        );
+    }
+    let ids = pf.wait_held(2);
+    let empty = run(pf.posthold("list").arg("quarantine"));
+    assert_eq!(expect_exit(&empty, 0), "Mail queue is empty\n");
+    let bad = ids[1].clone();
+    expect_exit(&run(pf.posthold("quarantine").arg(&bad)), 0);
+    let json = run(pf.posthold("list").args(["--json", "quarantine"]));
+    let text = expect_exit(&json, 0);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(
+        text.contains(&format!(
+            "\"queue_name\": \"quarantine\", \"queue_id\": \"{bad}\""
+        )),
+        "{text}"
+    );
+    let plain = expect_exit(&run(pf.posthold("list").arg("quarantine")), 0);
+    assert!(plain.contains(&format!("\n{bad} ")), "{plain}");
+    assert!(plain.ends_with("-- 0 Kbytes in 1 Request.\n"), "{plain}");
+    // Plain list: Postfix's queues only, as postqueue -p.
+    let want = run(pf.tool("postqueue").arg("-p"));
+    let got = run(pf.posthold("list"));
+    assert_eq!(got.stdout, want.stdout);
+    // cat -q finds it; its bytes are postcat's of the file.
+    let file = pf.queue().join("posthold-quarantine").join(&bad);
+    let want = run(pf.tool("postcat").arg(&file));
+    let got = run(pf.posthold("cat").arg("-q").arg(&bad));
+    expect_exit(&got, 0);
+    // The same lines but those naming the file (a queue path, a full path).
+    let body = |o: &std::process::Output| -> Vec<String> {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| !l.contains(bad.as_str()))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(body(&got), body(&want));
+    assert!(
+        String::from_utf8_lossy(&got.stdout).contains(&format!("posthold-quarantine/{bad}")),
+        "{}",
+        String::from_utf8_lossy(&got.stdout)
+    );
+}

@@ -1117,7 +1117,11 @@ fn readme_scanner_example_passes_check_config() {
         "{out}"
     );
     assert!(
-        out.contains("3. policy says no: Expire after scan policy"),
+        out.contains("3. rspamd rejects: Quarantine after scan rspamd"),
+        "{out}"
+    );
+    assert!(
+        out.contains("4. policy says no: Expire after scan policy"),
         "{out}"
     );
     assert!(

@@ -34,6 +34,8 @@ struct State {
     /// and whether that failure was counted as a strike (a timeout).
     failing: BTreeMap<u64, bool>,
     down: Option<Down>,
+    /// Scans under way.
+    inflight: u32,
 }
 
 #[derive(Debug)]
@@ -77,8 +79,13 @@ pub struct Lost {
     pub ino: u64,
     /// The scanner died while scanning it (a reset or a close without a
     /// whole reply, a command killed by a signal): the message's fault,
-    /// whatever the scanner does afterwards.
+    /// whatever the scanner does afterwards, when it was the only scan
+    /// under way (a scanner that dies takes every scan in flight with it:
+    /// then the trial, always alone, finds the culprit).
     pub crash: bool,
+    /// No other scan of this scanner was under way from its start to its
+    /// end.
+    pub alone: bool,
     /// It timed out (a strike unless the scanner turns out to be down).
     pub timed_out: bool,
     /// Whether the scanner answered a probe just after (`None`: it has
@@ -159,17 +166,20 @@ impl Health {
     pub fn no_answer(&self, name: &str, lost: Lost, retry_max: Duration, now_ms: i64) -> NoAnswer {
         self.with(name, |s| {
             let probe_failed = lost.probe == Some(false);
+            // A crash that took the scanner down with others in flight
+            // names no culprit.
+            let crash = lost.crash && (lost.alone || !probe_failed);
             if let Some(d) = &s.down {
                 // It went down while this scan ran.
                 return NoAnswer {
-                    blame_message: lost.crash,
+                    blame_message: crash,
                     went_down: false,
                     next_trial_ms: Some(d.next_ms),
                     forgive: Vec::new(),
                 };
             }
             let mut forgive = Vec::new();
-            if !lost.crash {
+            if !crash {
                 // A crash is one message's doing; a run of timeouts or
                 // refusals across messages is the scanner's.
                 s.failing.insert(lost.ino, lost.timed_out && !probe_failed);
@@ -192,11 +202,27 @@ impl Health {
                 });
             }
             NoAnswer {
-                blame_message: lost.crash || !down,
+                blame_message: crash || !down,
                 went_down: down,
                 next_trial_ms: s.down.as_ref().map(|d| d.next_ms),
                 forgive,
             }
+        })
+    }
+
+    /// A scan starts; returns how many others are under way.
+    pub fn started(&self, name: &str) -> u32 {
+        self.with(name, |s| {
+            s.inflight += 1;
+            s.inflight - 1
+        })
+    }
+
+    /// A scan ended; returns how many others were still under way.
+    pub fn finished(&self, name: &str) -> u32 {
+        self.with(name, |s| {
+            s.inflight = s.inflight.saturating_sub(1);
+            s.inflight
         })
     }
 
@@ -236,6 +262,7 @@ mod tests {
     fn timeout(ino: u64, probe: Option<bool>) -> Lost {
         Lost {
             ino,
+            alone: true,
             crash: false,
             timed_out: true,
             probe,
@@ -283,6 +310,7 @@ mod tests {
         );
         let crash = Lost {
             ino: 9,
+            alone: true,
             crash: true,
             timed_out: false,
             probe: Some(false),
@@ -298,12 +326,26 @@ mod tests {
         let h = health();
         let crash = Lost {
             ino: 3,
+            alone: true,
             crash: true,
             timed_out: false,
             probe: Some(false),
         };
         let n = h.no_answer("s", crash, MAX, 0);
         assert!(n.blame_message && n.went_down, "{n:?}");
+        // A crash that takes the scanner down with other scans in flight
+        // blames none of them.
+        let h2 = health();
+        let n = h2.no_answer(
+            "s",
+            Lost {
+                alone: false,
+                ..crash
+            },
+            MAX,
+            0,
+        );
+        assert!(!n.blame_message && n.went_down, "{n:?}");
         // Crashes of different messages do not add up to "down".
         let h = health();
         for ino in 0..5 {

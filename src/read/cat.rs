@@ -580,7 +580,12 @@ pub fn run(
         let cfg = config()?;
         for id in args {
             let mut found = None;
-            for q in POSTCAT_QUEUES {
+            // postcat's queues, then posthold's quarantine.
+            for q in POSTCAT_QUEUES
+                .iter()
+                .copied()
+                .chain([crate::queue::spool::QUARANTINE])
+            {
                 let rel = cfg.queue_path(q, id);
                 match File::open(cfg.queue_directory.join(&rel)) {
                     Ok(f) => {

@@ -25,6 +25,7 @@ use queue_format::rec_type as rt;
 
 use crate::config::{Config, SHOWQ_QUEUES};
 use crate::error::Fatal;
+use crate::queue::spool::QUARANTINE;
 use crate::queue::walk::{Descend, walk};
 pub use crate::util::{json_quote, printable};
 
@@ -338,31 +339,36 @@ pub fn scan(
     mut each: impl FnMut(Message) -> Result<(), Fatal>,
 ) -> Result<Summary, Fatal> {
     for q in queues {
-        if !SHOWQ_QUEUES.contains(&q.as_str()) {
+        if !SHOWQ_QUEUES.contains(&q.as_str()) && q != "quarantine" {
             return Err(Fatal::config(format!(
-                "{q}: not a message queue (use {})",
+                "{q}: not a message queue (use {}, quarantine)",
                 SHOWQ_QUEUES.join(", ")
             )));
         }
     }
     let mut summary = Summary::default();
-    for &queue in SHOWQ_QUEUES {
-        if !queues.is_empty() && !queues.iter().any(|q| q == queue) {
+    // Postfix's queues in showq's order; posthold's quarantine after them,
+    // only when asked for (mailq never shows it).
+    let order = SHOWQ_QUEUES.iter().copied().chain(["quarantine"]);
+    for queue in order {
+        let named = queues.iter().any(|q| q == queue);
+        if !named && (!queues.is_empty() || queue == "quarantine") {
             continue;
         }
-        // showq's order: each queue depth first, hash directories entered
-        // as met (any one-character name but in maildrop).
-        let descend = if queue == "maildrop" {
-            Descend::Never
-        } else {
-            Descend::HashDirs
+        // The quarantine is one flat directory; showq's order elsewhere:
+        // each queue depth first, hash directories entered as met (any
+        // one-character name but in maildrop).
+        let (dir, descend) = match queue {
+            "quarantine" => (QUARANTINE, Descend::Never),
+            "maildrop" => (queue, Descend::Never),
+            _ => (queue, Descend::HashDirs),
         };
-        for found in walk(cfg, queue, descend) {
+        for found in walk(cfg, dir, descend) {
             let found = match found {
                 Ok(f) => f,
                 // A queue that cannot be read is an error, never an empty
                 // answer (a missing one is a warning, as before).
-                Err(e) if e.path == cfg.queue_directory.join(queue) => {
+                Err(e) if e.path == cfg.queue_directory.join(dir) => {
                     if e.error.kind() == std::io::ErrorKind::NotFound {
                         eprintln!("posthold: warning: {e}");
                         break;
@@ -383,14 +389,15 @@ pub fn scan(
             };
             // showq tries any one-character name as a directory, and
             // skips it when it is none.
-            if name.len() == 1 && queue != "maildrop" {
+            if name.len() == 1 && descend == Descend::HashDirs {
                 continue;
             }
             if !queue_format::queue_id::is_legal(name) {
                 summary.illegal += 1;
                 continue;
             }
-            let path = cfg.queue_directory.join(cfg.queue_path(queue, name));
+            let rel = cfg.queue_path(dir, name);
+            let path = cfg.queue_directory.join(&rel);
             let Ok(meta) = fs::symlink_metadata(&path) else {
                 continue;
             };
@@ -411,7 +418,7 @@ pub fn scan(
             };
             if let Some(mut m) = report(cfg, queue, name, file, &meta) {
                 if let Some(due_of) = due_of {
-                    m.deliver_at = due_of(&cfg.queue_path(queue, name), name);
+                    m.deliver_at = due_of(&rel, name);
                 }
                 summary.listed += 1;
                 each(m)?;
