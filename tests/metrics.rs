@@ -70,9 +70,15 @@ fn metrics_pass_promtool_and_a_real_prometheus_answers_a_histogram_quantile() {
             format!("Subject: m{i}\nX-Deliver-At: {due}\n\nhello\n").as_bytes(),
         );
     }
-    wait_until(Instant::now() + Duration::from_secs(30), "released", || {
-        get(&addr, "/metrics").contains("posthold_actions_total{action=\"release\"")
-    });
+    wait_until(
+        Instant::now() + Duration::from_secs(60),
+        "all three decided, one released",
+        || {
+            let m = get(&addr, "/metrics");
+            m.contains("posthold_actions_total{action=\"release\"")
+                && m.contains("posthold_decision_latency_seconds_count 3")
+        },
+    );
     let text = get(&addr, "/metrics");
     for want in [
         "# TYPE posthold_decision_latency_seconds histogram",

@@ -374,7 +374,7 @@ fn config_dir_first_mail_config_and_mailq_markers() {
     {
         use std::io::Write;
         let mut stdin = child.stdin.take().unwrap();
-        writeln!(stdin, "{}!\n{}*", ids[0], ids[1]).unwrap();
+        writeln!(stdin, "{}!#\n{}*", ids[0], ids[1]).unwrap();
     }
     let out = child.wait_with_output().unwrap();
     let text = expect_exit(&out, 0);
@@ -497,6 +497,11 @@ fn the_quarantine_is_listed_and_shown() {
     let ids = pf.wait_held(2);
     let empty = run(pf.posthold("list").arg("quarantine"));
     assert_eq!(expect_exit(&empty, 0), "Mail queue is empty\n");
+    assert!(
+        empty.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&empty.stderr)
+    );
     let bad = ids[1].clone();
     expect_exit(&run(pf.posthold("quarantine").arg(&bad)), 0);
     let json = run(pf.posthold("list").args(["--json", "quarantine"]));

@@ -1457,6 +1457,14 @@ fn a_message_that_kills_its_scanner_is_poison_and_others_pass() {
         &["bob@posthold.test"],
         &message("killer", "this one is a KILLER"),
     );
+    // The killer's first crash takes clamd down, with a strike; the clean
+    // mail then waits for it. (A bystander in flight when clamd dies gets
+    // a strike too; the killer gets one at every death.)
+    wait_until(
+        Instant::now() + Duration::from_secs(30),
+        "clamd down",
+        || daemon.log().contains("scanner=clamd: down"),
+    );
     for t in ["clean1", "clean2"] {
         pf.send(
             "alice@posthold.test",

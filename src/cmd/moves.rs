@@ -60,9 +60,11 @@ pub fn read_targets(args: &[String]) -> Result<Option<Vec<String>>, Fatal> {
     Ok(Some(ids))
 }
 
-/// A queue ID as mailq shows it, without its status marker (`*` active,
-/// `!` on hold): `mailq | awk '{print $1}'` gives IDs posthold takes.
+/// A queue ID as mailq shows it, without its status marks (`*` active or
+/// `!` on hold, then `#` marked for return): `mailq | awk '{print $1}'`
+/// gives IDs posthold takes.
 fn unmark(id: &str) -> String {
+    let id = id.strip_suffix('#').unwrap_or(id);
     id.strip_suffix(['*', '!']).unwrap_or(id).to_string()
 }
 

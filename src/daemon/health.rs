@@ -34,8 +34,6 @@ struct State {
     /// and whether that failure was counted as a strike (a timeout).
     failing: BTreeMap<u64, bool>,
     down: Option<Down>,
-    /// Scans under way.
-    inflight: u32,
 }
 
 #[derive(Debug)]
@@ -78,14 +76,13 @@ pub struct Lost {
     /// The held message (inode).
     pub ino: u64,
     /// The scanner died while scanning it (a reset or a close without a
-    /// whole reply, a command killed by a signal): the message's fault,
-    /// whatever the scanner does afterwards, when it was the only scan
-    /// under way (a scanner that dies takes every scan in flight with it:
-    /// then the trial, always alone, finds the culprit).
+    /// whole reply, a command killed by a signal): a strike, whatever the
+    /// scanner does afterwards. A scanner that dies takes every scan in
+    /// flight with it, so a bystander may get a strike too; the message
+    /// that kills it gets one at every death, a bystander only when it
+    /// happens to be in flight, so the killer reaches `poison_after` first
+    /// (or with it).
     pub crash: bool,
-    /// No other scan of this scanner was under way from its start to its
-    /// end.
-    pub alone: bool,
     /// It timed out (a strike unless the scanner turns out to be down).
     pub timed_out: bool,
     /// Whether the scanner answered a probe just after (`None`: it has
@@ -166,9 +163,7 @@ impl Health {
     pub fn no_answer(&self, name: &str, lost: Lost, retry_max: Duration, now_ms: i64) -> NoAnswer {
         self.with(name, |s| {
             let probe_failed = lost.probe == Some(false);
-            // A crash that took the scanner down with others in flight
-            // names no culprit.
-            let crash = lost.crash && (lost.alone || !probe_failed);
+            let crash = lost.crash;
             if let Some(d) = &s.down {
                 // It went down while this scan ran.
                 return NoAnswer {
@@ -210,22 +205,6 @@ impl Health {
         })
     }
 
-    /// A scan starts; returns how many others are under way.
-    pub fn started(&self, name: &str) -> u32 {
-        self.with(name, |s| {
-            s.inflight += 1;
-            s.inflight - 1
-        })
-    }
-
-    /// A scan ended; returns how many others were still under way.
-    pub fn finished(&self, name: &str) -> u32 {
-        self.with(name, |s| {
-            s.inflight = s.inflight.saturating_sub(1);
-            s.inflight
-        })
-    }
-
     /// Whether each scanner is up, by name.
     pub fn up(&self) -> BTreeMap<String, bool> {
         let m = self.states.lock().expect("BUG: health lock poisoned");
@@ -262,7 +241,6 @@ mod tests {
     fn timeout(ino: u64, probe: Option<bool>) -> Lost {
         Lost {
             ino,
-            alone: true,
             crash: false,
             timed_out: true,
             probe,
@@ -310,7 +288,6 @@ mod tests {
         );
         let crash = Lost {
             ino: 9,
-            alone: true,
             crash: true,
             timed_out: false,
             probe: Some(false),
@@ -326,26 +303,12 @@ mod tests {
         let h = health();
         let crash = Lost {
             ino: 3,
-            alone: true,
             crash: true,
             timed_out: false,
             probe: Some(false),
         };
         let n = h.no_answer("s", crash, MAX, 0);
         assert!(n.blame_message && n.went_down, "{n:?}");
-        // A crash that takes the scanner down with other scans in flight
-        // blames none of them.
-        let h2 = health();
-        let n = h2.no_answer(
-            "s",
-            Lost {
-                alone: false,
-                ..crash
-            },
-            MAX,
-            0,
-        );
-        assert!(!n.blame_message && n.went_down, "{n:?}");
         // Crashes of different messages do not add up to "down".
         let h = health();
         for ino in 0..5 {

@@ -192,10 +192,7 @@ fn scan_one(ctx: &ScanCtx, job: Job) -> Step {
         return Step::Next;
     };
     let started = Instant::now();
-    let peers_before = ctx.health.started(&sc.name);
     let result = sc.scan(&msg, &ctx.stop);
-    let peers_after = ctx.health.finished(&sc.name);
-    let alone = peers_before == 0 && peers_after == 0;
     drop(msg);
     if ctx.stop.load(Ordering::Relaxed) {
         return Step::Stop; // not a result: the next start scans again
@@ -265,7 +262,6 @@ fn scan_one(ctx: &ScanCtx, job: Job) -> Step {
                 &sc.name,
                 health::Lost {
                     ino,
-                    alone,
                     crash: f.is_crash(),
                     timed_out: f.timed_out,
                     probe: probe.as_ref().map(Result::is_ok),

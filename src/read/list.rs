@@ -370,7 +370,10 @@ pub fn scan(
                 // answer (a missing one is a warning, as before).
                 Err(e) if e.path == cfg.queue_directory.join(dir) => {
                     if e.error.kind() == std::io::ErrorKind::NotFound {
-                        eprintln!("posthold: warning: {e}");
+                        // A quarantine not made yet is an empty one.
+                        if queue != "quarantine" {
+                            eprintln!("posthold: warning: {e}");
+                        }
                         break;
                     }
                     return Err(Fatal::runtime(e.to_string()));
