@@ -503,7 +503,15 @@ fn the_quarantine_is_listed_and_shown() {
         String::from_utf8_lossy(&empty.stderr)
     );
     let bad = ids[1].clone();
+    let before = std::fs::read(pf.queue().join("hold").join(&bad)).unwrap();
     expect_exit(&run(pf.posthold("quarantine").arg(&bad)), 0);
+    // Its content untouched; why, when and by whom kept as xattrs.
+    let qfile = pf.queue().join("posthold-quarantine").join(&bad);
+    assert_eq!(std::fs::read(&qfile).unwrap(), before);
+    assert_eq!(
+        xattr::get(&qfile, "user.posthold.reason").unwrap(),
+        Some(b"command".to_vec())
+    );
     let json = run(pf.posthold("list").args(["--json", "quarantine"]));
     let text = expect_exit(&json, 0);
     assert_eq!(text.lines().count(), 1, "{text}");
@@ -513,6 +521,14 @@ fn the_quarantine_is_listed_and_shown() {
         )),
         "{text}"
     );
+    for want in [
+        "\"quarantine_reason\": \"command\"",
+        "\"quarantine_detail\": \"posthold quarantine, by hand\"",
+        "\"quarantine_at\": \"20",
+        "\"quarantine_by\": \"posthold quarantine, uid 0 (root)\"",
+    ] {
+        assert!(text.contains(want), "{want} in {text}");
+    }
     let plain = expect_exit(&run(pf.posthold("list").arg("quarantine")), 0);
     assert!(plain.contains(&format!("\n{bad} ")), "{plain}");
     assert!(plain.ends_with("-- 0 Kbytes in 1 Request.\n"), "{plain}");

@@ -376,6 +376,17 @@ action = "release"
     );
     assert!(log.contains("scanner=spamd, spam, score=100"), "{log}");
     assert!(log.contains("quarantine, reason=rule, rule=virus"), "{log}");
+    // The quarantine says why, when and by whom.
+    let json = run(pf.posthold("list").args(["--json", "quarantine"]));
+    let text = expect_exit(&json, 0);
+    assert_eq!(text.lines().count(), 2, "{text}");
+    for want in [
+        "\"quarantine_reason\": \"rule\", \"quarantine_detail\": \"reason=rule, rule=virus",
+        "\"quarantine_detail\": \"reason=rule, rule=spam",
+        "\"quarantine_by\": \"posthold watch\"",
+    ] {
+        assert!(text.contains(want), "{want} in {text}");
+    }
     assert!(log.contains("quarantine, reason=rule, rule=spam"), "{log}");
     // The scanners really saw the messages.
     assert!(

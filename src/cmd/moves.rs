@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, IsTerminal, Write};
 
 use crate::error::Fatal;
-use crate::queue::act::{Action, Outcome, Run, Status, Triggers, act};
+use crate::queue::act::{Action, Outcome, Run, Status, Triggers, act_noted};
 use crate::queue::spool::{Location, SEARCH_ORDER, Spool};
 use crate::util::{json_quote, printable};
 
@@ -156,9 +156,21 @@ pub fn run(
     let werr = |e: std::io::Error| Fatal::runtime(format!("write error: {e}"));
     // S8: each message is one independent action (a rename); no journal,
     // no state: a rerun after a crash decides again from the spool.
+    // A quarantine by hand says so, and who did it.
+    let uid = nix::unistd::getuid();
+    let who = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map_or(String::new(), |u| format!(" ({})", u.name));
+    let notes = [
+        ("reason", "command".to_string()),
+        ("detail", "posthold quarantine, by hand".to_string()),
+        ("at", crate::util::rfc3339(crate::util::now())),
+        ("by", format!("posthold quarantine, uid {uid}{who}")),
+    ];
     for (i, l) in locs.iter().enumerate() {
         let o = match l {
-            Ok(loc) => act(spool, action, loc, opts.run(), &mut trig),
+            Ok(loc) => act_noted(spool, action, loc, opts.run(), &mut trig, &notes),
             Err(id) => Outcome::missing(id),
         };
         match o.status {

@@ -103,8 +103,25 @@ impl Actor {
         // S11: the daemon changes the queue only here, through queue::act
         // (gate, then mover), under the queue lock (S6): it waits for a
         // command run by hand to finish.
+        // Why, when and by whom, kept with a quarantined message.
+        let notes = [
+            ("reason", d.reason.label().into_owned()),
+            (
+                "detail",
+                d.reason.to_string().trim_start_matches(", ").to_string(),
+            ),
+            ("at", crate::util::rfc3339(crate::util::now())),
+            ("by", "posthold watch".to_string()),
+        ];
         let o = match self.spool.exclusive_until(&self.stop) {
-            Ok(Some(_guard)) => act::act(&self.spool, &action, &d.loc, Run::Do, &mut self.trig),
+            Ok(Some(_guard)) => act::act_noted(
+                &self.spool,
+                &action,
+                &d.loc,
+                Run::Do,
+                &mut self.trig,
+                &notes,
+            ),
             // Stopping: the next start decides again.
             Ok(None) => {
                 return Performed::Failed {

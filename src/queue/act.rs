@@ -313,6 +313,19 @@ pub fn act(
     run: Run,
     trig: &mut Triggers,
 ) -> Outcome {
+    act_noted(spool, action, loc, run, trig, &[])
+}
+
+/// As [`act`]; a quarantine also keeps `notes` with the message (why,
+/// when, by whom: see [`relocate::move_noted`]).
+pub fn act_noted(
+    spool: &Spool,
+    action: &Action,
+    loc: &Location,
+    run: Run,
+    trig: &mut Triggers,
+    notes: &[(&str, String)],
+) -> Outcome {
     let mut out = Outcome {
         id: loc.id.clone(),
         from: Some(loc.queue.clone()),
@@ -379,10 +392,18 @@ pub fn act(
         out.status = Status::Done(format!("would be moved to {dest}{note}"));
         return out;
     }
-    out.status = match relocate::move_to(spool, adm, dest, times) {
-        Ok(_) => {
+    let notes = if matches!(action, Action::Quarantine) {
+        notes
+    } else {
+        &[]
+    };
+    out.status = match relocate::move_noted(spool, adm, dest, times, notes) {
+        Ok((_, unnoted)) => {
             trig.moved_to(dest);
-            Status::Done(format!("moved to {dest}{note}"))
+            let unnoted = unnoted
+                .map(|e| format!(" (its reason not kept: {e})"))
+                .unwrap_or_default();
+            Status::Done(format!("moved to {dest}{note}{unnoted}"))
         }
         Err(e) if matches!(action, Action::Expire { release: true }) => {
             Status::Failed(Failure::MarkedNotMoved(e))

@@ -19,6 +19,7 @@
 use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
+use xattr::FileExt;
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, RenameFlags, openat, renameat2};
@@ -279,6 +280,24 @@ pub fn move_to(
     queue: &str,
     times: Times,
 ) -> Result<Location, MoveError> {
+    move_noted(spool, adm, queue, times, &[]).map(|(l, _)| l)
+}
+
+/// The prefix of posthold's notes on a file (`user.posthold.reason`, ...).
+pub const NOTE_PREFIX: &str = "user.posthold.";
+
+/// As [`move_to`], first writing `notes` (name, value) on the file as
+/// extended attributes `user.posthold.NAME` (why it is quarantined, when,
+/// by whom): its content is not touched, and the notes travel with the
+/// inode through the rename. Also returns why the notes could not be
+/// written (a file system without user xattrs): the move happens anyway.
+pub fn move_noted(
+    spool: &Spool,
+    adm: Admitted,
+    queue: &str,
+    times: Times,
+    notes: &[(&str, String)],
+) -> Result<(Location, Option<String>), MoveError> {
     let loc = adm.loc.clone();
     let id = loc.id.as_str();
     let to = Location {
@@ -335,6 +354,19 @@ pub fn move_to(
     } else {
         FileState::Unchanged
     };
+    // 4b. Notes, on the open file, before it moves: a crash before the
+    //     rename leaves a file with posthold's xattrs where it was, which
+    //     no Postfix program reads; after it, the file arrives with them.
+    let mut unnoted = None;
+    for (name, value) in notes {
+        if let Err(e) = adm
+            .file
+            .set_xattr(format!("{NOTE_PREFIX}{name}"), value.as_bytes())
+        {
+            unnoted = Some(e.to_string());
+            break;
+        }
+    }
     // 5. S6: release posthold's flock before the file becomes visible in its
     //    new queue: a qmgr scanning incoming or deferred that met our lock
     //    would log "skipped, still being delivered" and push the file's
@@ -374,7 +406,7 @@ pub fn move_to(
     //    once per command and once per batch in the daemon, before either
     //    reports the move (see there why that keeps every move atomic).
     drop(adm);
-    Ok(to)
+    Ok((to, unnoted))
 }
 
 /// Renames an admitted file inside its directory to `new_id` (the ID its

@@ -52,6 +52,9 @@ pub struct Message {
     /// daemon's default rules judge it, read only for `--extra`: `None`
     /// without such a header (posthold's own member).
     pub deliver_at: Option<Due>,
+    /// posthold's notes on a quarantined message (`user.posthold.*`
+    /// extended attributes: reason, detail, at, by), in that order.
+    pub notes: Vec<(String, String)>,
 }
 
 /// How a listing is printed.
@@ -279,6 +282,7 @@ pub fn report(
                     recipients: Vec::new(),
                     create_time,
                     deliver_at: None,
+                    notes: Vec::new(),
                 };
                 let log = cfg.queue_directory.join(cfg.queue_path("defer", id));
                 if let Some(entries) = read_defer_log(&log, utf8) {
@@ -419,7 +423,13 @@ pub fn scan(
             let Ok(file) = File::open(&path) else {
                 continue;
             };
+            let notes = if queue == "quarantine" {
+                read_notes(&file)
+            } else {
+                Vec::new()
+            };
             if let Some(mut m) = report(cfg, queue, name, file, &meta) {
+                m.notes = notes;
                 if let Some(due_of) = due_of {
                     m.deliver_at = due_of(&rel, name);
                 }
@@ -475,8 +485,39 @@ pub fn to_json(m: &Message, utf8: bool, extra: bool) -> String {
             None => s.push_str(", \"deliver_at\": null, \"bad_date\": false"),
         }
     }
+    // A quarantined message: why, when and by whom, after postqueue's
+    // members (null where the file system kept no note).
+    if m.queue == "quarantine" {
+        for key in NOTES {
+            match m.notes.iter().find(|(k, _)| k == key) {
+                Some((_, v)) => s.push_str(&format!(
+                    ", \"quarantine_{key}\": \"{}\"",
+                    json_quote(v.as_bytes(), utf8)
+                )),
+                None => s.push_str(&format!(", \"quarantine_{key}\": null")),
+            }
+        }
+    }
     s.push('}');
     s
+}
+
+/// The notes posthold keeps with a quarantined message, in this order.
+const NOTES: [&str; 4] = ["reason", "detail", "at", "by"];
+
+/// posthold's notes on a file (none where the file system has no xattrs).
+fn read_notes(file: &File) -> Vec<(String, String)> {
+    use xattr::FileExt;
+    NOTES
+        .iter()
+        .filter_map(|k| {
+            let v = file
+                .get_xattr(format!("{}{k}", crate::queue::NOTE_PREFIX))
+                .ok()
+                .flatten()?;
+            Some((k.to_string(), String::from_utf8_lossy(&v).into_owned()))
+        })
+        .collect()
 }
 
 /// mailq's column layout: short or long queue IDs (`enable_long_queue_ids`).
