@@ -381,8 +381,8 @@ action = "release"
     let text = expect_exit(&json, 0);
     assert_eq!(text.lines().count(), 2, "{text}");
     for want in [
-        "\"quarantine_reason\": \"rule\", \"quarantine_detail\": \"reason=rule, rule=virus",
-        "\"quarantine_detail\": \"reason=rule, rule=spam",
+        "\"quarantine_reason\": \"rule\", \"quarantine_detail\": \"rule=virus",
+        "\"quarantine_detail\": \"rule=spam",
         "\"quarantine_by\": \"posthold watch\"",
     ] {
         assert!(text.contains(want), "{want} in {text}");

@@ -32,6 +32,23 @@ impl RunOpts {
     }
 }
 
+/// The notes of a quarantine by hand (none for other actions).
+fn quarantine_notes(action: &Action) -> Vec<(&'static str, String)> {
+    if !matches!(action, Action::Quarantine) {
+        return Vec::new();
+    }
+    let uid = nix::unistd::getuid();
+    let who = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map_or(String::new(), |u| format!(" ({})", u.name));
+    vec![
+        ("reason", "command".to_string()),
+        ("detail", "posthold quarantine, by hand".to_string()),
+        ("by", format!("posthold quarantine, uid {uid}{who}")),
+    ]
+}
+
 /// Reads the target list: `ALL`, `-` (IDs on stdin, one per line or
 /// separated by blanks), or IDs. `None` means ALL.
 pub fn read_targets(args: &[String]) -> Result<Option<Vec<String>>, Fatal> {
@@ -109,6 +126,9 @@ pub fn run(
     // S6: the queue lock for the whole run (the daemon waits meanwhile),
     // taken before the targets are looked up, so that what is chosen and
     // what is acted on are the same messages. A dry run takes no lock.
+    // A quarantine by hand says so, and who did it (the name looked up
+    // before the lock: a slow name service must not hold the daemon up).
+    let notes = quarantine_notes(action);
     let exclusive = if opts.dry_run {
         None
     } else {
@@ -156,18 +176,6 @@ pub fn run(
     let werr = |e: std::io::Error| Fatal::runtime(format!("write error: {e}"));
     // S8: each message is one independent action (a rename); no journal,
     // no state: a rerun after a crash decides again from the spool.
-    // A quarantine by hand says so, and who did it.
-    let uid = nix::unistd::getuid();
-    let who = nix::unistd::User::from_uid(uid)
-        .ok()
-        .flatten()
-        .map_or(String::new(), |u| format!(" ({})", u.name));
-    let notes = [
-        ("reason", "command".to_string()),
-        ("detail", "posthold quarantine, by hand".to_string()),
-        ("at", crate::util::rfc3339(crate::util::now())),
-        ("by", format!("posthold quarantine, uid {uid}{who}")),
-    ];
     for (i, l) in locs.iter().enumerate() {
         let o = match l {
             Ok(loc) => act_noted(spool, action, loc, opts.run(), &mut trig, &notes),

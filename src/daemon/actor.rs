@@ -104,13 +104,15 @@ impl Actor {
         // (gate, then mover), under the queue lock (S6): it waits for a
         // command run by hand to finish.
         // Why, when and by whom, kept with a quarantined message.
+        let label = d.reason.label().into_owned();
+        let text = d.reason.to_string();
+        let detail = text
+            .strip_prefix(&format!("reason={label}"))
+            .map(|r| r.trim_start_matches(", ").to_string())
+            .unwrap_or(text);
         let notes = [
-            ("reason", d.reason.label().into_owned()),
-            (
-                "detail",
-                d.reason.to_string().trim_start_matches(", ").to_string(),
-            ),
-            ("at", crate::util::rfc3339(crate::util::now())),
+            ("reason", label),
+            ("detail", detail),
             ("by", "posthold watch".to_string()),
         ];
         let o = match self.spool.exclusive_until(&self.stop) {

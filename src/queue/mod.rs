@@ -21,4 +21,4 @@ pub mod spool;
 pub mod trigger;
 pub mod walk;
 
-pub use relocate::{FileState, MoveError, MoveErrorKind, NOTE_PREFIX};
+pub use relocate::{FileState, MoveError, MoveErrorKind, NOTE_NAMES, NOTE_PREFIX};

@@ -286,6 +286,33 @@ pub fn move_to(
 /// The prefix of posthold's notes on a file (`user.posthold.reason`, ...).
 pub const NOTE_PREFIX: &str = "user.posthold.";
 
+/// The notes a quarantine writes, besides `at` (the mover's own clock).
+pub const NOTE_NAMES: [&str; 4] = ["reason", "detail", "at", "by"];
+
+/// Replaces posthold's notes on an open file: every old one removed, the
+/// new ones written, `at` (now) with them; on a failure part way the ones
+/// written are removed again, so that a file never carries a mix.
+#[allow(clippy::disallowed_methods)] // S15: the one writer of notes
+fn write_notes(file: &std::fs::File, notes: &[(&str, String)]) -> Result<(), String> {
+    for name in NOTE_NAMES {
+        let _ = file.remove_xattr(format!("{NOTE_PREFIX}{name}"));
+    }
+    let at = crate::util::rfc3339(crate::util::now());
+    let all = notes
+        .iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .chain([("at", at.as_str())]);
+    for (name, value) in all {
+        if let Err(e) = file.set_xattr(format!("{NOTE_PREFIX}{name}"), value.as_bytes()) {
+            for name in NOTE_NAMES {
+                let _ = file.remove_xattr(format!("{NOTE_PREFIX}{name}"));
+            }
+            return Err(e.to_string());
+        }
+    }
+    Ok(())
+}
+
 /// As [`move_to`], first writing `notes` (name, value) on the file as
 /// extended attributes `user.posthold.NAME` (why it is quarantined, when,
 /// by whom): its content is not touched, and the notes travel with the
@@ -354,19 +381,6 @@ pub fn move_noted(
     } else {
         FileState::Unchanged
     };
-    // 4b. Notes, on the open file, before it moves: a crash before the
-    //     rename leaves a file with posthold's xattrs where it was, which
-    //     no Postfix program reads; after it, the file arrives with them.
-    let mut unnoted = None;
-    for (name, value) in notes {
-        if let Err(e) = adm
-            .file
-            .set_xattr(format!("{NOTE_PREFIX}{name}"), value.as_bytes())
-        {
-            unnoted = Some(e.to_string());
-            break;
-        }
-    }
     // 5. S6: release posthold's flock before the file becomes visible in its
     //    new queue: a qmgr scanning incoming or deferred that met our lock
     //    would log "skipped, still being delivered" and push the file's
@@ -402,7 +416,17 @@ pub fn move_noted(
         }
         _ => {}
     }
-    // 8. Durability: both directories are fsync'ed by Spool::sync_dirs,
+    // 8. S15: notes (why, when, by whom), on the open file, now that it is
+    //    in its new directory: a file still in a Postfix queue is never
+    //    changed for them (a failed move leaves no trace), and a crash
+    //    before this leaves a moved file without notes, which is true.
+    //    Old notes go first, so that no mix of two quarantines is left.
+    let unnoted = if notes.is_empty() {
+        None
+    } else {
+        write_notes(&adm.file, notes).err()
+    };
+    // 9. Durability: both directories are fsync'ed by Spool::sync_dirs,
     //    once per command and once per batch in the daemon, before either
     //    reports the move (see there why that keeps every move atomic).
     drop(adm);

@@ -503,7 +503,7 @@ pub fn to_json(m: &Message, utf8: bool, extra: bool) -> String {
 }
 
 /// The notes posthold keeps with a quarantined message, in this order.
-const NOTES: [&str; 4] = ["reason", "detail", "at", "by"];
+const NOTES: [&str; 4] = crate::queue::NOTE_NAMES;
 
 /// posthold's notes on a file (none where the file system has no xattrs).
 fn read_notes(file: &File) -> Vec<(String, String)> {
