@@ -556,3 +556,84 @@ fn the_quarantine_is_listed_and_shown() {
         String::from_utf8_lossy(&got.stdout)
     );
 }
+
+/// `list`'s selections choose what `postqueue -j` plus the same filter
+/// chooses: by sender, recipient, size and age, combined, with queue names.
+#[test]
+fn list_selections_match_postqueue_j_with_a_filter() {
+    require_postfix();
+    let pf = Instance::start(false);
+    let big = "a longer line of the body of a bigger message\n".repeat(100);
+    for (from, to, body) in [
+        ("alice@posthold.test", "bob@posthold.test", "short"),
+        ("alice@posthold.test", "carol@posthold.test", big.as_str()),
+        ("dave@posthold.test", "bob@posthold.test", big.as_str()),
+        ("erin@posthold.test", "frank@posthold.test", "short"),
+    ] {
+        pf.send(
+            from,
+            &[to],
+            format!("Subject: HOLD sel\n\n{body}\n").as_bytes(),
+        );
+    }
+    pf.wait_held(4);
+    let all = run(pf.tool("postqueue").arg("-j"));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&all.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    let now = chrono::Utc::now().timestamp();
+    type Filter = Box<dyn Fn(&serde_json::Value) -> bool>;
+    let cases: Vec<(Vec<&str>, Filter)> = vec![
+        (
+            vec!["--sender", "^alice@"],
+            Box::new(|v| v["sender"].as_str().unwrap().starts_with("alice@")),
+        ),
+        (
+            vec!["--recipient", "^bob@"],
+            Box::new(|v| {
+                v["recipients"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|r| r["address"].as_str().unwrap().starts_with("bob@"))
+            }),
+        ),
+        (
+            vec!["--min-size", "2k"],
+            Box::new(|v| v["message_size"].as_u64().unwrap() >= 2048),
+        ),
+        (
+            vec!["--sender", "^alice@", "--max-size", "2k", "hold"],
+            Box::new(|v| {
+                v["sender"].as_str().unwrap().starts_with("alice@")
+                    && v["message_size"].as_u64().unwrap() <= 2048
+            }),
+        ),
+        (
+            vec!["--max-age", "1h"],
+            Box::new(move |v| now - v["arrival_time"].as_i64().unwrap() <= 3600),
+        ),
+        (
+            vec!["--min-age", "1h"],
+            Box::new(move |v| now - v["arrival_time"].as_i64().unwrap() >= 3600),
+        ),
+        (vec!["--sender", "^alice@", "deferred"], Box::new(|_| false)),
+    ];
+    for (args, keep) in cases {
+        let got = run(pf.posthold("list").arg("--json").args(&args));
+        let got = expect_exit(&got, 0);
+        let want: String = String::from_utf8_lossy(&all.stdout)
+            .lines()
+            .zip(&lines)
+            .filter(|(_, v)| keep(v))
+            .map(|(l, _)| format!("{l}\n"))
+            .collect();
+        assert_eq!(got, want, "{args:?}");
+    }
+    // A bad selection is a usage error that names the option.
+    let bad = run(pf.posthold("list").args(["--sender", "("]));
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--sender"));
+}

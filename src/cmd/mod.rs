@@ -300,8 +300,59 @@ struct ListArgs {
     /// With --json: append posthold's own members (create_time, deliver_at, bad_date).
     #[arg(long, requires = "json")]
     extra: bool,
-    /// Queues to list (maildrop, active, incoming, deferred, hold); all when none.
+    /// Only messages whose sender matches this regex (as listed).
+    #[arg(long, value_name = "REGEX")]
+    sender: Option<String>,
+    /// Only messages with a recipient that matches this regex.
+    #[arg(long, value_name = "REGEX")]
+    recipient: Option<String>,
+    /// Only messages of at least this size (bytes; k, M, G suffixes).
+    #[arg(long, value_name = "SIZE")]
+    min_size: Option<String>,
+    /// Only messages of at most this size.
+    #[arg(long, value_name = "SIZE")]
+    max_size: Option<String>,
+    /// Only messages that arrived at least this long ago (Postfix time units).
+    #[arg(long, value_name = "AGE")]
+    min_age: Option<String>,
+    /// Only messages that arrived at most this long ago.
+    #[arg(long, value_name = "AGE")]
+    max_age: Option<String>,
+    /// Queues to list (maildrop, active, incoming, deferred, hold, quarantine); Postfix's when none.
     queues: Vec<String>,
+}
+
+impl ListArgs {
+    /// The selection the options ask for.
+    fn select(&self) -> Result<list::Select, Fatal> {
+        let re = |v: &Option<String>, what: &str| {
+            v.as_deref()
+                .map(|r| regex::Regex::new(r).map_err(|e| Fatal::config(format!("--{what}: {e}"))))
+                .transpose()
+        };
+        let size = |v: &Option<String>, what: &str| {
+            v.as_deref()
+                .map(|s| {
+                    crate::scan::parse_size(s).ok_or_else(|| {
+                        Fatal::config(format!("--{what}: bad size {s:?} (use e.g. 500, 20k, 5M)"))
+                    })
+                })
+                .transpose()
+        };
+        let age = |v: &Option<String>, what: &str| {
+            v.as_deref()
+                .map(|s| duration(s, &format!("--{what}")))
+                .transpose()
+        };
+        Ok(list::Select {
+            sender: re(&self.sender, "sender")?,
+            recipient: re(&self.recipient, "recipient")?,
+            min_size: size(&self.min_size, "min-size")?,
+            max_size: size(&self.max_size, "max-size")?,
+            min_age: age(&self.min_age, "min-age")?,
+            max_age: age(&self.max_age, "max-age")?,
+        })
+    }
 }
 
 /// `posthold -c CONFIG_DIR SUBCOMMAND ...`, as Postfix's commands take
@@ -443,7 +494,8 @@ fn list_cmd(a: &ListArgs, out: &mut dyn Write) -> Result<i32, Fatal> {
         (true, false) => list::Format::Json,
         (true, true) => list::Format::JsonExtra(&due_of),
     };
-    list::run(&cfg, &a.queues, format, out).map(|_| 0)
+    let sel = a.select()?;
+    list::run_selected(&cfg, &a.queues, format, &sel, out).map(|_| 0)
 }
 
 /// `posthold release`.

@@ -599,12 +599,62 @@ pub fn to_text(m: &Message, cols: Columns) -> String {
 }
 
 /// Runs `posthold list`.
+/// Which listed messages are shown (all of them by default): each given
+/// condition must hold, as a filter over `postqueue -j`'s members would
+/// choose (`sender`, any of `recipients[].address`, `message_size`,
+/// `arrival_time`).
+#[derive(Debug, Default)]
+pub struct Select {
+    /// The sender (as listed: quoted, `MAILER-DAEMON` for the null sender) matches.
+    pub sender: Option<regex::Regex>,
+    /// Some recipient matches.
+    pub recipient: Option<regex::Regex>,
+    /// At least this many bytes.
+    pub min_size: Option<u64>,
+    /// At most this many bytes.
+    pub max_size: Option<u64>,
+    /// Arrived at least this many seconds ago.
+    pub min_age: Option<u64>,
+    /// Arrived at most this many seconds ago.
+    pub max_age: Option<u64>,
+}
+
+impl Select {
+    /// Whether `m` is chosen, `now` being the time (seconds).
+    pub fn matches(&self, m: &Message, now: i64) -> bool {
+        let size = m.message_size.max(0) as u64;
+        let age = (now - m.arrival_time).max(0) as u64;
+        self.sender.as_ref().is_none_or(|re| re.is_match(&m.sender))
+            && self
+                .recipient
+                .as_ref()
+                .is_none_or(|re| m.recipients.iter().any(|(r, _)| re.is_match(r)))
+            && self.min_size.is_none_or(|n| size >= n)
+            && self.max_size.is_none_or(|n| size <= n)
+            && self.min_age.is_none_or(|n| age >= n)
+            && self.max_age.is_none_or(|n| age <= n)
+    }
+}
+
+/// Runs `posthold list`.
 pub fn run(
     cfg: &Config,
     queues: &[String],
     format: Format<'_>,
     out: &mut dyn Write,
 ) -> Result<Summary, Fatal> {
+    run_selected(cfg, queues, format, &Select::default(), out)
+}
+
+/// Runs `posthold list` on the messages `sel` chooses.
+pub fn run_selected(
+    cfg: &Config,
+    queues: &[String],
+    format: Format<'_>,
+    sel: &Select,
+    out: &mut dyn Write,
+) -> Result<Summary, Fatal> {
+    let now = crate::util::now();
     let utf8 = cfg.smtputf8_enable;
     let write_err = |e: std::io::Error| Fatal::runtime(format!("write error: {e}"));
     let due_of = match format {
@@ -620,6 +670,7 @@ pub fn run(
     // messages, the total after the last.
     let (mut count, mut bytes) = (0u64, 0u64);
     let summary = scan(cfg, queues, due_of, |m| match format {
+        _ if !sel.matches(&m, now) => Ok(()),
         Format::Text => {
             let sep = if count == 0 { cols.heading() } else { "\n" };
             count += 1;
