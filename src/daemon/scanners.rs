@@ -148,7 +148,8 @@ fn scan_one(ctx: &ScanCtx, job: Job) -> Step {
         )
     };
     // The longest a trial can take: others wait that long at least.
-    let trial_len = sc.connect_timeout * 2 + sc.timeout + sc.timeout.min(PROBE_LIMIT);
+    let trial_len =
+        sc.connect_timeout * 2 + sc.timeout + sc.timeout.min(crate::scan::PROBE_TIMEOUT);
     let mut trial = TrialGuard {
         health: &ctx.health,
         name: &sc.name,
@@ -303,9 +304,6 @@ fn scan_one(ctx: &ScanCtx, job: Job) -> Step {
         }
     }
 }
-
-/// The longest a probe may take after connecting (as `scan::Scanner::probe`).
-const PROBE_LIMIT: Duration = Duration::from_secs(10);
 
 /// Ends a trial that did not bring the scanner up, on every way out of a
 /// scan (a panic included) unless disarmed.

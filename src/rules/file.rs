@@ -351,6 +351,13 @@ fn scan_cond(r: &FileRule, scanners: &mut [Scanner]) -> Result<Option<(usize, Sc
         return Err(format!("rspamd_action: scanner {name} is not rspamd"));
     }
     let clamd_only = r.infected.is_some() || r.virus.is_some();
+    if [r.min_score, r.max_score]
+        .iter()
+        .flatten()
+        .any(|v| !v.is_finite())
+    {
+        return Err("min_score/max_score: not a number".into());
+    }
     let cond = match &mut scanners[i].kind {
         ScannerKind::Command { named, .. } => {
             if spamd_only || clamd_only {
@@ -388,13 +395,6 @@ fn scan_cond(r: &FileRule, scanners: &mut [Scanner]) -> Result<Option<(usize, Sc
                     "symbol: scanner {name} uses CHECK, which returns no symbols"
                 ));
             }
-            if [r.min_score, r.max_score]
-                .iter()
-                .flatten()
-                .any(|v| !v.is_finite())
-            {
-                return Err("min_score/max_score: not a number".into());
-            }
             ScanCond::Spam {
                 spam: if spamd_only { r.spam } else { Some(true) },
                 min: r.min_score,
@@ -408,13 +408,6 @@ fn scan_cond(r: &FileRule, scanners: &mut [Scanner]) -> Result<Option<(usize, Sc
                 return Err(format!(
                     "scan: {name} is rspamd: use rspamd_action, spam, min_score, max_score, symbol"
                 ));
-            }
-            if [r.min_score, r.max_score]
-                .iter()
-                .flatten()
-                .any(|v| !v.is_finite())
-            {
-                return Err("min_score/max_score: not a number".into());
             }
             if let Some(a) = r
                 .rspamd_action

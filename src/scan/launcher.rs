@@ -300,8 +300,6 @@ fn session_thread(mut s: UnixStream, [stdin, stdout, stderr]: [OwnedFd; 3], user
 /// A command started by the launcher, seen from the daemon.
 pub struct Remote {
     session: UnixStream,
-    /// Its pid (the launcher's child).
-    pub pid: i32,
     status: Option<ExitStatus>,
 }
 
@@ -366,11 +364,12 @@ impl Launcher {
         ours.read_exact(&mut tag).map_err(gone)?;
         match tag[0] {
             b'P' => {
+                // The pid (the launcher's child): the launcher kills and
+                // reaps it; we only wait for its status.
                 let mut pid = [0u8; 4];
                 ours.read_exact(&mut pid)?;
                 Ok(Remote {
                     session: ours,
-                    pid: i32::from_be_bytes(pid),
                     status: None,
                 })
             }

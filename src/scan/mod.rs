@@ -312,7 +312,7 @@ impl Scanner {
 }
 
 /// The longest a health probe may take (after connecting).
-const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Scanner {
     /// Asks a network scanner whether it answers at all (spamd and clamd

@@ -188,5 +188,65 @@ impl Conn {
     }
 }
 
+/// How a scanner's reply is read.
+pub struct Reply {
+    /// At most this many bytes (more is a garbled reply).
+    pub cap: usize,
+    /// Whether the bytes so far are a whole reply (else: read to EOF).
+    pub complete: fn(&[u8]) -> bool,
+    /// End our side after the message (the scanner reads to EOF).
+    pub half_close: bool,
+}
+
+/// Sends a request head and the message (streamed), then reads the reply
+/// (at most `cap` bytes, until `complete` or EOF) and parses it. When the
+/// scanner stopped reading part way (a reset while sending), only an
+/// error of its own explains it: a verdict would be on a message it never
+/// saw whole, so anything else is the sending failure. spamd (which reads
+/// to EOF: `half_close`) and rspamd (which answers at the body's length
+/// and takes a half-close for a dropped client).
+pub fn exchange(
+    conn: &mut Conn,
+    head: &[u8],
+    msg: &super::Message,
+    b: &Budget,
+    Reply {
+        cap,
+        complete,
+        half_close,
+    }: Reply,
+    parse: impl Fn(&[u8]) -> Result<super::Answer, Failure>,
+) -> Result<super::Answer, Failure> {
+    let sent = match conn.send(head, b) {
+        Err(f) => Some(f),
+        Ok(()) => msg.with_content(|content| {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match content.read(&mut buf) {
+                    Ok(0) => return Ok(None),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(Failure::answered(format!("{}: {e}", msg.id))),
+                };
+                if let Err(f) = conn.send(&buf[..n], b) {
+                    return Ok(Some(f));
+                }
+            }
+        })?,
+    };
+    if half_close {
+        conn.shutdown_write();
+    }
+    let reply = conn.receive(cap, b, complete);
+    match (sent, reply) {
+        (None, r) => parse(&r?),
+        (Some(f), Ok(r)) => Err(match parse(&r) {
+            Err(e) if e.answered => e,
+            _ => f,
+        }),
+        (Some(f), Err(_)) => Err(f),
+    }
+}
+
 trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}

@@ -161,34 +161,19 @@ pub fn check(
         head.push_str(&format!("Rcpt: {r}\r\n"));
     }
     head.push_str("\r\n");
-    let sent = match conn.send(head.as_bytes(), b) {
-        Err(f) => Some(f),
-        Ok(()) => msg.with_content(|content| {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = match content.read(&mut buf) {
-                    Ok(0) => return Ok(None),
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(Failure::answered(format!("{}: {e}", msg.id))),
-                };
-                if let Err(f) = conn.send(&buf[..n], b) {
-                    return Ok(Some(f));
-                }
-            }
-        })?,
-    };
-    let reply = conn.receive(256 << 10, b, complete);
-    match (sent, reply) {
-        (None, r) => parse_reply(&r?),
-        // rspamd stopped reading and said why; a verdict would be on a
-        // message it never saw whole.
-        (Some(f), Ok(r)) => Err(match parse_reply(&r) {
-            Err(e) if e.answered => e,
-            _ => f,
-        }),
-        (Some(f), Err(_)) => Err(f),
-    }
+    // rspamd may keep the connection open: the reply ends at its length.
+    super::net::exchange(
+        &mut conn,
+        head.as_bytes(),
+        msg,
+        b,
+        super::net::Reply {
+            cap: 256 << 10,
+            complete,
+            half_close: false,
+        },
+        parse_reply,
+    )
 }
 
 /// Asks rspamd whether it is there: `GET /ping`, answered `pong`.

@@ -131,36 +131,19 @@ pub fn check(
         head.push_str(&format!("User: {u}\r\n"));
     }
     head.push_str("\r\n");
-    let sent = match conn.send(head.as_bytes(), b) {
-        Err(f) => Some(f),
-        Ok(()) => msg.with_content(|content| {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = match content.read(&mut buf) {
-                    Ok(0) => return Ok(None),
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(Failure::answered(format!("{}: {e}", msg.id))),
-                };
-                if let Err(f) = conn.send(&buf[..n], b) {
-                    return Ok(Some(f));
-                }
-            }
-        })?,
-    };
-    conn.shutdown_write();
     // Read to EOF: spamd closes after its reply, so anything extra shows.
-    let reply = conn.receive(64 * 1024, b, |_| false);
-    match (sent, reply) {
-        (None, r) => parse_reply(&r?, symbols),
-        // spamd stopped reading (a bad header, a size limit) and said why;
-        // a verdict would be on a message it never saw whole.
-        (Some(f), Ok(r)) => Err(match parse_reply(&r, symbols) {
-            Err(e) if e.answered => e,
-            _ => f,
-        }),
-        (Some(f), Err(_)) => Err(f),
-    }
+    super::net::exchange(
+        &mut conn,
+        head.as_bytes(),
+        msg,
+        b,
+        super::net::Reply {
+            cap: 64 * 1024,
+            complete: |_| false,
+            half_close: true,
+        },
+        |r| parse_reply(r, symbols),
+    )
 }
 
 /// Asks spamd whether it is there: `PING`, answered `SPAMD/1.5 0 PONG`.
